@@ -1,0 +1,102 @@
+"""The dispatcher thread: the one consumer of the ingest queue.
+
+For every candle update from the feed (or a backfill) it updates the price
+book, serialises the client message once into the shared update log, and
+hands the candle to the storage writer. Clients are woken at most once per
+tick, so under load each wake-up carries many updates.
+"""
+import logging
+import queue
+import threading
+import time
+
+from .candles import Candle, dumps
+from .clients import ClientHub
+from .prices import PriceBook
+from .rates import RateCounter
+from .updates import UpdateLog
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class Dispatcher:
+    def __init__(self, ingest: queue.Queue, prices: PriceBook, updates: UpdateLog,
+                 hub: ClientHub, sinks: list, tick_seconds: float):
+        self.ingest = ingest
+        self.prices = prices
+        self.updates = updates
+        self.hub = hub
+        self.sinks = sinks          # objects with submit(candle): the storage writer
+        self.tick = tick_seconds
+        self.received = RateCounter()
+        self.stale = 0
+        self._stream_seq: dict[tuple[str, str], int] = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Process everything already queued, then stop."""
+        if self._thread and self._thread.is_alive():
+            self.ingest.put(_STOP)
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    def _run(self) -> None:
+        last_wake = 0.0
+        pending_wake = False
+        while True:
+            timeout = max(0.0, last_wake + self.tick - time.monotonic()) if pending_wake else None
+            try:
+                item = self.ingest.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            batch = []
+            stop = False
+            while item is not None:
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+                if len(batch) >= 1000:
+                    break
+                try:
+                    item = self.ingest.get_nowait()
+                except queue.Empty:
+                    item = None
+            if batch:
+                try:
+                    self._dispatch(batch)
+                except Exception:  # a bug here must not silence the whole server
+                    log.exception("dispatch failed for a batch of %d updates", len(batch))
+                pending_wake = True
+            now = time.monotonic()
+            if pending_wake and (stop or now - last_wake >= self.tick):
+                self.hub.wake_all()
+                last_wake, pending_wake = now, False
+            if stop:
+                return
+
+    def _dispatch(self, batch: list[Candle]) -> None:
+        self.received.add(len(batch))
+        out = []
+        for candle in batch:
+            for sink in self.sinks:
+                sink.submit(candle)
+            if not self.prices.update(candle):
+                self.stale += 1
+                continue
+            seq = self._stream_seq.get(candle.key, 0) + 1
+            self._stream_seq[candle.key] = seq
+            data = candle.to_dict()
+            data["seq"] = seq
+            out.append((candle.key, seq, dumps({"type": "price_update", "data": data}).encode()))
+        if out:
+            self.updates.append(out)

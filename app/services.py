@@ -1,0 +1,150 @@
+"""The background services and how they are wired:
+
+    feed threads --ingest queue--> dispatcher --> price book
+                                              --> update log --> client sessions
+                                              --> storage writer --> database
+
+`Services` owns them all: it builds them, starts them in the serving process,
+and stops them in the reverse order so nothing is lost on the way out.
+"""
+import logging
+import queue
+import time
+
+from .candles import check_interval, normalize_symbol, stream_name, parse_stream_name
+from .clients import ClientHub
+from .dispatch import Dispatcher
+from .exchange import BinanceRest, ExchangeUnavailable
+from .feed import BinanceFeed, StreamLimitError
+from .prices import PriceBook
+from .storage import open_storage
+from .updates import UpdateLog
+
+log = logging.getLogger(__name__)
+
+INGEST_CAPACITY = 100_000
+SUBSCRIBE_WAIT = 5.0
+
+
+class SubscriptionError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Services:
+    def __init__(self, config):
+        self.config = config
+        self.started_at: float | None = None
+        # Bounded so a stalled dispatcher pushes back on the feed (TCP then
+        # buffers upstream) instead of growing memory without limit.
+        self.ingest: queue.Queue = queue.Queue(maxsize=INGEST_CAPACITY)
+        self.prices = PriceBook()
+        self.updates = UpdateLog(config["WS_BACKLOG"])
+        self.hub = ClientHub(self.updates, self.prices, config)
+        self.storage = open_storage(config)
+        self.dispatcher = Dispatcher(self.ingest, self.prices, self.updates, self.hub,
+                                     [self.storage.writer], config["WS_TICK_MS"] / 1000)
+        self.feed = BinanceFeed(config, self.ingest)
+        self.exchange = BinanceRest(config["BINANCE_REST_URL"])
+        interval = check_interval(config["BINANCE_INTERVAL"])
+        self.feed.add([stream_name(normalize_symbol(s), interval) for s in config["BINANCE_SYMBOLS"]])
+
+    def start(self) -> None:
+        self.started_at = time.time()
+        self.storage.writer.start()
+        self.dispatcher.start()
+        self.feed.start()
+        log.info("services started: %d streams from %s", len(self.feed.streams()), self.feed.ws_base)
+
+    def stop(self) -> None:
+        """Clients first (1001), then the feed, then drain what is queued
+        through the dispatcher into the writer, and flush the writer last."""
+        log.info("stopping services")
+        self.hub.close_all()
+        self.feed.stop()
+        self.dispatcher.stop()
+        self.storage.writer.stop()
+        log.info("services stopped")
+
+    # -- subscriptions ------------------------------------------------------
+    def _validate(self, symbol: str, interval: str) -> str:
+        try:
+            symbol = normalize_symbol(symbol)
+            check_interval(interval)
+        except ValueError as exc:
+            raise SubscriptionError(400, str(exc)) from None
+        return symbol
+
+    def subscribe(self, symbol: str, interval: str) -> dict:
+        symbol = self._validate(symbol, interval)
+        stream = stream_name(symbol, interval)
+        if stream not in self.feed.streams():
+            try:
+                known = self.exchange.symbols()
+            except ExchangeUnavailable as exc:
+                raise SubscriptionError(503, f"cannot check the symbol with Binance: {exc}") from None
+            if symbol not in known:
+                raise SubscriptionError(404, f"unknown symbol {symbol}: Binance does not list it as trading")
+            try:
+                self.feed.add([stream])
+            except StreamLimitError as exc:
+                raise SubscriptionError(409, str(exc)) from None
+        state = self.feed.wait_settled([stream], True, SUBSCRIBE_WAIT)[stream]
+        if state not in ("active", "pending", "queued"):
+            raise SubscriptionError(502, state)
+        return {"symbol": symbol, "interval": interval, "stream": stream, "status": state}
+
+    def unsubscribe(self, symbol: str, interval: str) -> dict:
+        symbol = self._validate(symbol, interval)
+        stream = stream_name(symbol, interval)
+        self.feed.remove([stream])
+        state = self.feed.wait_settled([stream], False, SUBSCRIBE_WAIT)[stream]
+        self.prices.forget((symbol, interval))
+        return {"symbol": symbol, "interval": interval, "stream": stream, "status": state}
+
+    def subscriptions(self) -> list[dict]:
+        out = []
+        for s in self.feed.streams():
+            symbol, interval = parse_stream_name(s)
+            out.append({"symbol": symbol, "interval": interval, "stream": s})
+        return out
+
+    # -- health and statistics ---------------------------------------------
+    def uptime(self) -> float:
+        return round(time.time() - self.started_at, 1) if self.started_at else 0.0
+
+    def health(self) -> dict:
+        feed_ok = self.feed.connected
+        age = self.feed.seconds_since_last_message()
+        threads_ok = self.dispatcher.alive
+        if not threads_ok or (self.started_at and not feed_ok and self.uptime() > 30):
+            status = "unhealthy"
+        elif not feed_ok or (age is not None and age > self.config["FEED_SILENCE_TIMEOUT"] / 2):
+            status = "degraded"
+        else:
+            status = "healthy"
+        return {
+            "status": status,
+            "crypto_provider": "binance",
+            "feed_connected": feed_ok,
+            "seconds_since_last_message": age,
+            "dispatcher_running": threads_ok,
+            "active_websocket_connections": self.hub.count,
+            "subscribed_symbols": sorted({s["symbol"] for s in self.subscriptions()}),
+            "subscribed_streams": self.feed.streams(),
+            "storage": self.storage.writer.stats(),
+            "uptime_seconds": self.uptime(),
+        }
+
+    def stats(self) -> dict:
+        return {
+            "uptime_seconds": self.uptime(),
+            "messages_in": self.dispatcher.received.total,
+            "messages_in_per_second": round(self.dispatcher.received.rate(), 1),
+            "stale_updates": self.dispatcher.stale,
+            "ingest_queue": self.ingest.qsize(),
+            "feed": self.feed.stats(),
+            "clients": self.hub.stats(),
+            "storage": self.storage.writer.stats(),
+        }

@@ -1,0 +1,26 @@
+"""HTTP and WebSocket endpoints. Handlers stay thin: they parse the request,
+call the services and shape the answer."""
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+
+
+def init_app(app):
+    from . import api, pages, stream
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {
+        "ping_interval": app.config["WS_PING_INTERVAL"],
+        "max_message_size": app.config["WS_MAX_MESSAGE_BYTES"],
+    })
+    stream.sock.init_app(app)
+    app.register_blueprint(stream.bp)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        # JSON errors everywhere: clients of this API are programs.
+        return jsonify(error=exc.name, message=exc.description), exc.code
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc):
+        app.logger.exception("unhandled error")
+        return jsonify(error="Internal Server Error", message="unexpected error; see the server log"), 500

@@ -1,0 +1,45 @@
+"""gunicorn settings. One worker process: the feed must run exactly once.
+gthread with more threads than the WebSocket client limit, because every
+WebSocket client holds a thread for its whole life and REST must not starve."""
+import os
+import signal
+import threading
+
+from config import Config
+
+bind = os.environ.get("BIND", "0.0.0.0:8000")
+workers = 1
+worker_class = "gthread"
+threads = Config.WS_MAX_CLIENTS + 32
+# Not preloaded: wsgi.py starts the background threads in the worker, after the fork.
+preload_app = False
+max_requests = 0
+graceful_timeout = 20
+timeout = 60
+accesslog = "-" if os.environ.get("ACCESS_LOG") else None
+loglevel = Config.LOG_LEVEL.lower()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"std": {"format": "%(asctime)s - %(name)s - %(levelname)s - %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "std"}},
+    "root": {"handlers": ["console"], "level": Config.LOG_LEVEL},
+    "loggers": {
+        "gunicorn.error": {"level": Config.LOG_LEVEL, "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+    },
+}
+
+
+def post_worker_init(worker):
+    """On SIGTERM, gunicorn stops accepting and waits for open requests; our
+    WebSocket clients never end by themselves, so we also tell the services
+    to close them (1001) and stop, in a thread: a signal handler must not block."""
+    services = worker.wsgi.extensions["services"]
+    gunicorn_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        gunicorn_handler(signum, frame)
+        threading.Thread(target=services.stop, name="shutdown").start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
