@@ -55,7 +55,12 @@ class Config:
     # Shared update log: a client further behind than this is dropped.
     WS_BACKLOG = _int("WS_BACKLOG", 50_000)
     WS_PING_INTERVAL = _float("WS_PING_INTERVAL", 25.0)
+    WS_MAX_STREAMS_PER_CLIENT = _int("WS_MAX_STREAMS_PER_CLIENT", 256)
+    WS_MAX_MESSAGES_PER_SECOND = _float("WS_MAX_MESSAGES_PER_SECOND", 10.0)
+    # Browsers send Origin on WebSocket upgrades; empty means any origin.
+    WS_ALLOWED_ORIGINS = _list("WS_ALLOWED_ORIGINS")
 
+    # When set, subscribe/unsubscribe require it in the X-API-Key header.
     API_KEY = os.environ.get("API_KEY", "")
 
     # Storage: InfluxDB when INFLUXDB_HOST is set, else embedded SQLite.

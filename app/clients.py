@@ -62,7 +62,11 @@ class ClientHub:
         self.prices = prices
         self.max_clients = config["WS_MAX_CLIENTS"]
         self.send_timeout = config["WS_SEND_TIMEOUT"]
-        self.max_message_bytes = config["WS_MAX_MESSAGE_BYTES"]
+        self.max_streams = config["WS_MAX_STREAMS_PER_CLIENT"]
+        self.max_rate = config["WS_MAX_MESSAGES_PER_SECOND"]
+        # Sequence numbers restart with the process; the epoch tells a
+        # resuming client whether its numbers still mean anything.
+        self.epoch = str(int(time.time() * 1000))
         self.shutting_down = False
         self._lock = threading.Lock()
         self._sessions: set["ClientSession"] = set()
@@ -72,6 +76,9 @@ class ClientHub:
         self.rejected_full = 0
         self.dropped_stuck = 0
         self.resynced = 0
+        self.refused_messages = 0
+        self.resumed = 0
+        self.gaps = 0
 
     def register(self, session: "ClientSession") -> bool:
         with self._lock:
@@ -97,29 +104,30 @@ class ClientHub:
         self.shutting_down = True
         self.wake_all()
         deadline = time.monotonic() + timeout
-        while self.count and time.monotonic() < deadline:
+        while self.clients and time.monotonic() < deadline:
             time.sleep(0.05)
 
     @property
-    def count(self) -> int:
+    def clients(self) -> int:
         with self._lock:
             return len(self._sessions)
 
-    def count_dropped(self, reason: str) -> None:
+    def count(self, counter: str) -> None:
         with self._lock:
-            if reason == "stuck":
-                self.dropped_stuck += 1
-            else:
-                self.resynced += 1
+            setattr(self, counter, getattr(self, counter) + 1)
 
     def stats(self) -> dict:
         return {
-            "clients": self.count,
+            "clients": self.clients,
             "max_clients": self.max_clients,
+            "epoch": self.epoch,
             "connected_total": self.connected_total,
             "rejected_full": self.rejected_full,
             "dropped_slow": self.dropped_stuck,
             "resynced_lagging": self.resynced,
+            "refused_messages": self.refused_messages,
+            "resumed": self.resumed,
+            "resume_gaps": self.gaps,
             "messages_sent": self.messages_sent.total,
             "messages_sent_per_second": round(self.messages_sent.rate(), 1),
             "frames_sent": self.frames_sent.total,
@@ -140,7 +148,11 @@ class ClientSession:
         self._wants: dict[tuple[str, str], bool] = {}
         self.batch_interval = self._parse_batch(args.get("batch"))
         if args.get("symbols"):
-            self.include = {self._parse_target(t) for t in args["symbols"].split(",") if t}
+            self._set_include({self._parse_target(t) for t in args["symbols"].split(",") if t})
+        self.resume = self._parse_resume(args.get("epoch"), args.get("last_seq"))
+        self._skip: dict[tuple[str, str], int] = {}   # resume: stream -> last seq the client has
+        self._tokens = self.hub.max_rate
+        self._tokens_at = time.monotonic()
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> None:
@@ -163,8 +175,11 @@ class ClientSession:
         self.ws.event.set()
 
     def _serve(self) -> None:
-        cursor = self.hub.updates.next_seq  # before the snapshot: never miss an update
-        self._send_snapshot("connect")
+        if self.resume is not None:
+            cursor = self._start_resume(*self.resume)
+        else:
+            cursor = self.hub.updates.next_seq  # before the snapshot: never miss an update
+            self._send_snapshot("connect")
         pending: list = []                   # batch mode only
         next_batch = time.monotonic() + (self.batch_interval or 0)
         while True:
@@ -179,13 +194,15 @@ class ClientSession:
                 return
             read = self.hub.updates.read(cursor)
             if read is None:  # fell off the end of the shared log
-                self.hub.count_dropped("lagging")
+                self.hub.count("resynced")
                 cursor = self.hub.updates.next_seq
                 pending.clear()
                 self._send_snapshot("lagged")
                 continue
             entries, cursor = read
             wanted = [e for e in entries if self._wanted(e.key)]
+            if self._skip:
+                wanted = [e for e in wanted if e.stream_seq > self._skip.get(e.key, 0)]
             if not self.batch_interval:
                 if wanted:
                     self._send_raw(b"".join(e.frame for e in wanted), len(wanted), len(wanted))
@@ -210,7 +227,7 @@ class ClientSession:
                 except BlockingIOError:
                     left = deadline - time.monotonic()
                     if left <= 0 or not select.select([], [raw], [], left)[1]:
-                        self.hub.count_dropped("stuck")
+                        self.hub.count("dropped_stuck")
                         log.info("dropping a WebSocket client that stopped reading")
                         self.ws.connected = False
                         raw.shutdown(socket.SHUT_RDWR)
@@ -225,8 +242,71 @@ class ClientSession:
         self._send_raw(text_frame(dumps(obj).encode()), 1, 1)
 
     def _send_snapshot(self, reason: str) -> None:
-        data = [c.to_dict() for c in self.hub.prices.snapshot() if self._wanted(c.key)]
-        self._send_json({"type": "snapshot", "reason": reason, "data": data})
+        self._send_json({"type": "snapshot", "reason": reason, "epoch": self.hub.epoch,
+                         "data": self._snapshot(lambda key: True)})
+
+    def _snapshot(self, include) -> list[dict]:
+        out = []
+        for candle, seq in self.hub.prices.snapshot():
+            if self._wanted(candle.key) and include(candle.key):
+                out.append({**candle.to_dict(), "seq": seq})
+        return out
+
+    def _start_resume(self, epoch: str, last: dict) -> int:
+        """Send what the client missed from the shared log, or tell it where
+        the gaps are; returns the cursor to continue from."""
+        cursor = self.hub.updates.next_seq
+        if epoch != self.hub.epoch:
+            self.hub.count("gaps")
+            self._send_json({"type": "gap", "reason": "server restarted", "streams": sorted(map(_label, last)),
+                             "message": "sequence numbers restarted; reload from /history"})
+            self._send_snapshot("resume")
+            return cursor
+        start = max(0, cursor - self.hub.updates.capacity + 1)
+        read = self.hub.updates.read(start, limit=self.hub.updates.capacity)
+        entries = read[0] if read else []
+        first_seen: dict = {}
+        for e in entries:
+            if e.key in last and e.stream_seq > last[e.key]:
+                first_seen.setdefault(e.key, e)
+        gaps = [k for k in last if k in first_seen and first_seen[k].stream_seq > last[k] + 1]
+        for key in gaps:
+            self.hub.count("gaps")
+            self._send_json({"type": "gap", "reason": "history exceeded", "stream": _label(key),
+                             "from_seq": last[key] + 1, "to_seq": first_seen[key].stream_seq - 1,
+                             "message": "these updates are no longer held; reload from /history"})
+        self.hub.count("resumed")
+        self._skip = dict(last)
+        return min((e.seq for e in first_seen.values()), default=cursor)
+
+    @staticmethod
+    def _parse_resume(epoch, last_seq) -> tuple[str, dict] | None:
+        """?epoch=E&last_seq=BTCUSDT@1m:1234,ETHUSDT@1m:99"""
+        if not last_seq:
+            return None
+        last = {}
+        for item in last_seq.split(","):
+            target, _, seq = item.rpartition(":")
+            key = ClientSession._parse_target(target)
+            if isinstance(key, str) or not seq.isdigit():
+                raise ClientError(f"invalid last_seq item {item!r}: expected SYMBOL@INTERVAL:SEQ")
+            last[key] = int(seq)
+        return (epoch or "", last)
+
+    def _allow_message(self) -> bool:
+        """Token bucket: WS_MAX_MESSAGES_PER_SECOND, bursts of the same size."""
+        now = time.monotonic()
+        self._tokens = min(self.hub.max_rate, self._tokens + (now - self._tokens_at) * self.hub.max_rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def _set_include(self, include: set) -> None:
+        if len(include) > self.hub.max_streams:
+            raise ClientError(f"too many subscriptions: at most {self.hub.max_streams} per client")
+        self.include = include
 
     # -- what the client wants ---------------------------------------------
     def _wanted(self, key: tuple[str, str]) -> bool:
@@ -264,6 +344,11 @@ class ClientSession:
 
     def _handle_inbound(self) -> None:
         while (msg := self.ws.receive(timeout=0)) is not None:
+            if not self._allow_message():
+                self.hub.count("refused_messages")
+                self._send_json({"type": "error", "message":
+                                 f"rate limit: at most {self.hub.max_rate:g} messages per second; message ignored"})
+                continue
             try:
                 reply = self._handle_message(msg)
             except (ClientError, ValueError) as exc:
@@ -297,8 +382,8 @@ class ClientSession:
     def _change(self, action: str, targets: list) -> dict:
         parsed = [self._parse_target(t) for t in targets]  # all valid, or change nothing
         if action == "subscribe":
-            before = {c.key for c in self.hub.prices.snapshot() if self._wanted(c.key)}
-            self.include = set(parsed) if self.include is None else self.include | set(parsed)
+            before = {c.key for c, _ in self.hub.prices.snapshot() if self._wanted(c.key)}
+            self._set_include(set(parsed) if self.include is None else self.include | set(parsed))
             self.exclude -= set(parsed)
         else:
             if self.include is None:
@@ -311,9 +396,8 @@ class ClientSession:
                  "excluded": sorted(map(_label, self.exclude))}
         if action == "subscribe":
             self._send_json(reply)
-            fresh = [c.to_dict() for c in self.hub.prices.snapshot()
-                     if self._wanted(c.key) and c.key not in before]
-            return {"type": "snapshot", "reason": "subscribe", "data": fresh}
+            return {"type": "snapshot", "reason": "subscribe", "epoch": self.hub.epoch,
+                    "data": self._snapshot(lambda key: key not in before)}
         return reply
 
 

@@ -32,7 +32,6 @@ class Dispatcher:
         self.tick = tick_seconds
         self.received = RateCounter()
         self.stale = 0
-        self._stream_seq: dict[tuple[str, str], int] = {}
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -90,11 +89,10 @@ class Dispatcher:
         for candle in batch:
             for sink in self.sinks:
                 sink.submit(candle)
-            if not self.prices.update(candle):
+            seq = self.prices.update(candle)
+            if seq is None:
                 self.stale += 1
                 continue
-            seq = self._stream_seq.get(candle.key, 0) + 1
-            self._stream_seq[candle.key] = seq
             data = candle.to_dict()
             data["seq"] = seq
             out.append((candle.key, seq, dumps({"type": "price_update", "data": data}).encode()))

@@ -1,5 +1,6 @@
-"""Latest candle of every stream: what /prices, /health and new WebSocket
-clients (their snapshot) read. The dispatcher is its only writer."""
+"""Latest candle of every stream and its per-stream sequence number: what
+/prices, /health and new WebSocket clients (their snapshot) read. The
+dispatcher is its only writer."""
 import threading
 
 from .candles import Candle
@@ -9,26 +10,27 @@ class PriceBook:
     def __init__(self):
         self._lock = threading.Lock()
         self._latest: dict[tuple[str, str], Candle] = {}
+        # Kept when a stream is forgotten, so a resubscribed stream never
+        # reuses a number a resuming client may hold.
+        self._seq: dict[tuple[str, str], int] = {}
 
-    def update(self, candle: Candle) -> bool:
-        """Keep the newest state; returns False for a stale update (an older
-        candle, or an older event of the same candle), which is not passed on."""
+    def update(self, candle: Candle) -> int | None:
+        """Keep the newest state and return its sequence number, or None for
+        a stale update (an older candle, or an older event of the same
+        candle), which is not passed on to clients."""
         with self._lock:
             cur = self._latest.get(candle.key)
             if cur is not None and (candle.open_time, candle.event_time, candle.closed) < (
                     cur.open_time, cur.event_time, cur.closed):
-                return False
+                return None
             self._latest[candle.key] = candle
-            return True
+            seq = self._seq[candle.key] = self._seq.get(candle.key, 0) + 1
+            return seq
 
     def forget(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._latest.pop(key, None)
 
-    def snapshot(self) -> list[Candle]:
+    def snapshot(self) -> list[tuple[Candle, int]]:
         with self._lock:
-            return sorted(self._latest.values(), key=lambda c: c.key)
-
-    def get(self, key: tuple[str, str]) -> Candle | None:
-        with self._lock:
-            return self._latest.get(key)
+            return sorted(((c, self._seq[k]) for k, c in self._latest.items()), key=lambda cs: cs[0].key)

@@ -9,6 +9,7 @@ and stops them in the reverse order so nothing is lost on the way out.
 """
 import logging
 import queue
+import threading
 import time
 
 from .candles import check_interval, normalize_symbol, stream_name, parse_stream_name
@@ -49,6 +50,17 @@ class Services:
         self.exchange = BinanceRest(config["BINANCE_REST_URL"])
         interval = check_interval(config["BINANCE_INTERVAL"])
         self.feed.add([stream_name(normalize_symbol(s), interval) for s in config["BINANCE_SYMBOLS"]])
+        self.refusals: dict[str, int] = {}
+        self._refusals_lock = threading.Lock()
+
+    def count_refusal(self, reason: str) -> None:
+        """Refused requests by reason (api_key, origin), for /stats."""
+        with self._refusals_lock:
+            self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+    def _refusal_counts(self) -> dict:
+        with self._refusals_lock:
+            return dict(self.refusals)
 
     def start(self) -> None:
         self.started_at = time.time()
@@ -130,7 +142,7 @@ class Services:
             "feed_connected": feed_ok,
             "seconds_since_last_message": age,
             "dispatcher_running": threads_ok,
-            "active_websocket_connections": self.hub.count,
+            "active_websocket_connections": self.hub.clients,
             "subscribed_symbols": sorted({s["symbol"] for s in self.subscriptions()}),
             "subscribed_streams": self.feed.streams(),
             "storage": self.storage.writer.stats(),
@@ -146,5 +158,6 @@ class Services:
             "ingest_queue": self.ingest.qsize(),
             "feed": self.feed.stats(),
             "clients": self.hub.stats(),
+            "refusals": self._refusal_counts(),
             "storage": self.storage.writer.stats(),
         }

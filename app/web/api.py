@@ -1,4 +1,7 @@
 """The REST API: health, configuration, prices, statistics, subscriptions."""
+import hmac
+from functools import wraps
+
 from flask import Blueprint, current_app, jsonify, request
 
 from config import Config
@@ -25,7 +28,8 @@ def config():
 
 @bp.get("/prices")
 def prices():
-    return jsonify({f"{c.symbol}@{c.interval}": c.to_dict() for c in services().prices.snapshot()})
+    return jsonify({f"{c.symbol}@{c.interval}": {**c.to_dict(), "seq": seq}
+                    for c, seq in services().prices.snapshot()})
 
 
 @bp.get("/stats")
@@ -38,7 +42,21 @@ def symbols():
     return jsonify(services().subscriptions())
 
 
+def require_api_key(view):
+    """With API_KEY set, the view needs it in X-API-Key (compared in constant time)."""
+    @wraps(view)
+    def checked(*args, **kwargs):
+        expected = current_app.config["API_KEY"]
+        given = request.headers.get("X-API-Key", "")
+        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+            services().count_refusal("api_key")
+            return jsonify(error="Unauthorized", message="missing or wrong X-API-Key header"), 401
+        return view(*args, **kwargs)
+    return checked
+
+
 @bp.post("/symbol/<symbol>/<action>")
+@require_api_key
 def change_subscription(symbol, action):
     if action not in ("subscribe", "unsubscribe"):
         return jsonify(error="Not Found", message=f"unknown action {action!r}: use subscribe or unsubscribe"), 404

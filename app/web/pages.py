@@ -21,4 +21,4 @@ def index():
     if request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json":
         return jsonify(name="crypto price stream server", endpoints=ENDPOINTS)
     return render_template("index.html", health=services.health(), stats=services.stats(),
-                           prices=services.prices.snapshot(), endpoints=ENDPOINTS)
+                           prices=[c for c, _ in services.prices.snapshot()], endpoints=ENDPOINTS)

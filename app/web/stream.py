@@ -1,11 +1,22 @@
 """WS /ws/price: the live update stream (protocol in README.md)."""
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, jsonify, request
 from flask_sock import Sock
 
 from ..clients import POLICY_VIOLATION, ClientError, ClientSession
 
 bp = Blueprint("stream", __name__)
 sock = Sock()
+
+
+@bp.before_request
+def check_origin():
+    """Refuse upgrades from pages we do not trust, before the handshake."""
+    allowed = current_app.config["WS_ALLOWED_ORIGINS"]
+    origin = request.headers.get("Origin")
+    if allowed and origin is not None and origin not in allowed:
+        current_app.extensions["services"].count_refusal("origin")
+        return jsonify(error="Forbidden", message=f"origin {origin!r} is not allowed"), 403
+    return None
 
 
 @sock.route("/ws/price", bp=bp)

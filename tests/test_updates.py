@@ -1,0 +1,32 @@
+import struct
+
+from app.updates import UpdateLog, text_frame
+
+
+def test_frames_are_valid_unmasked_text_frames():
+    for n in (0, 125, 126, 65535, 65536):
+        payload = b"x" * n
+        frame = text_frame(payload)
+        assert frame[0] == 0x81  # FIN + text
+        assert frame[1] & 0x80 == 0  # server frames are not masked
+        length = frame[1] & 0x7F
+        if length == 126:
+            length, start = struct.unpack("!H", frame[2:4])[0], 4
+        elif length == 127:
+            length, start = struct.unpack("!Q", frame[2:10])[0], 10
+        else:
+            start = 2
+        assert length == n and frame[start:] == payload
+
+
+def test_readers_get_everything_in_order_then_fall_off_the_ring():
+    log = UpdateLog(capacity=4)
+    cursor = log.next_seq
+    log.append([(("BTCUSDT", "1m"), i, b'{"i":%d}' % i) for i in range(3)])
+    entries, cursor2 = log.read(cursor)
+    assert [e.stream_seq for e in entries] == [0, 1, 2] and cursor2 == 3
+    assert log.read(cursor2) == ([], 3)
+    log.append([(("BTCUSDT", "1m"), i, b"{}") for i in range(3, 8)])
+    assert log.read(cursor2) is None  # seq 3 was overwritten: too far behind
+    entries, _ = log.read(4)
+    assert [e.seq for e in entries] == [4, 5, 6, 7]
