@@ -44,6 +44,8 @@ class Config:
     FEED_BACKOFF_MAX = _float("FEED_BACKOFF_MAX", 60.0)
     FEED_STREAMS_PER_CONNECTION = _int("FEED_STREAMS_PER_CONNECTION", 1024)
     MAX_STREAMS = _int("MAX_STREAMS", 4096)
+    # Candles of history fetched for a stream with nothing stored yet (0: none).
+    BACKFILL_INITIAL_CANDLES = _int("BACKFILL_INITIAL_CANDLES", 500)
 
     # WebSocket clients.
     WS_MAX_CLIENTS = _int("WS_MAX_CLIENTS", 500)

@@ -1,6 +1,7 @@
-"""The dispatcher thread: the one consumer of the ingest queue.
+"""The dispatcher thread: the one consumer of the ingest queue, whose items
+are (candle, source) with source "live" or "backfill".
 
-For every candle update from the feed (or a backfill) it updates the price
+For every candle update it updates the price
 book, serialises the client message once into the shared update log, and
 hands the candle to the storage writer. Clients are woken at most once per
 tick, so under load each wake-up carries many updates.
@@ -83,18 +84,19 @@ class Dispatcher:
             if stop:
                 return
 
-    def _dispatch(self, batch: list[Candle]) -> None:
+    def _dispatch(self, batch: list[tuple[Candle, str]]) -> None:
         self.received.add(len(batch))
         out = []
-        for candle in batch:
+        for candle, source in batch:
             for sink in self.sinks:
-                sink.submit(candle)
-            seq = self.prices.update(candle)
+                sink.submit(candle, source)
+            seq = self.prices.update(candle, backfill=source == "backfill")
             if seq is None:
                 self.stale += 1
                 continue
             data = candle.to_dict()
             data["seq"] = seq
+            data["source"] = source
             out.append((candle.key, seq, dumps({"type": "price_update", "data": data}).encode()))
         if out:
             self.updates.append(out)

@@ -14,7 +14,13 @@ SYMBOLS_TTL = 3600.0
 
 
 class ExchangeUnavailable(Exception):
-    """Binance's REST API could not answer (network, 5xx, rate limit)."""
+    """Binance's REST API could not answer (network, 5xx, rate limit).
+    `status` is the HTTP status if there was one; `retry_after` in seconds."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 class BinanceRest:
@@ -36,7 +42,12 @@ class BinanceRest:
             detail = exc.read(500).decode("utf-8", "replace")
             hint = (" (Binance refuses this region: set BINANCE_REST_URL and BINANCE_WS_URL"
                     " for Binance.US)") if exc.code == 451 else ""
-            raise ExchangeUnavailable(f"{url} answered HTTP {exc.code}: {detail}{hint}") from exc
+            try:
+                retry_after = float(exc.headers.get("Retry-After", ""))
+            except ValueError:
+                retry_after = None
+            raise ExchangeUnavailable(f"{url} answered HTTP {exc.code}: {detail}{hint}",
+                                      exc.code, retry_after) from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise ExchangeUnavailable(f"{url} failed: {exc}") from exc
 

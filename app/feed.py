@@ -180,7 +180,7 @@ class FeedConnection:
             event = msg.get("data", msg)
             kind = event.get("e") if isinstance(event, dict) else None
             if kind == "kline":
-                self.feed.ingest.put(candle_from_kline_event(event))
+                self.feed.ingest.put((candle_from_kline_event(event), "live"))
             elif kind == "serverShutdown":
                 log.info("%s: Binance announced a server shutdown; rotating", self.name)
                 return "shutdown"
@@ -232,6 +232,9 @@ class FeedConnection:
                 self.active.update(params)
                 for s in params:
                     self.errors.pop(s, None)
+                # Live data flows from here on; what came before is the backfill's job.
+                if self.feed.on_subscribed:
+                    self.feed.on_subscribed(params)
             else:
                 self.active.difference_update(params)
             self.feed.changed.notify_all()
@@ -275,6 +278,8 @@ class BinanceFeed:
         self.stopping = threading.Event()
         self.started = False
         self.connections: list[FeedConnection] = []
+        # Called (from a feed thread) with the streams Binance just confirmed.
+        self.on_subscribed = None
 
     def start(self) -> None:
         self.started = True

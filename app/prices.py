@@ -14,16 +14,20 @@ class PriceBook:
         # reuses a number a resuming client may hold.
         self._seq: dict[tuple[str, str], int] = {}
 
-    def update(self, candle: Candle) -> int | None:
-        """Keep the newest state and return its sequence number, or None for
-        a stale update (an older candle, or an older event of the same
-        candle), which is not passed on to clients."""
+    def update(self, candle: Candle, backfill: bool = False) -> int | None:
+        """Keep the newest state and return the update's sequence number.
+        A stale live update (an older candle, or an older event of the same
+        candle, e.g. after a reconnect) returns None and is not passed on;
+        a backfilled candle is always passed on but never replaces a newer
+        latest state."""
         with self._lock:
             cur = self._latest.get(candle.key)
-            if cur is not None and (candle.open_time, candle.event_time, candle.closed) < (
-                    cur.open_time, cur.event_time, cur.closed):
+            older = cur is not None and (candle.open_time, candle.event_time, candle.closed) < (
+                cur.open_time, cur.event_time, cur.closed)
+            if older and not backfill:
                 return None
-            self._latest[candle.key] = candle
+            if not older:
+                self._latest[candle.key] = candle
             seq = self._seq[candle.key] = self._seq.get(candle.key, 0) + 1
             return seq
 

@@ -1,6 +1,7 @@
 """The background services and how they are wired:
 
-    feed threads --ingest queue--> dispatcher --> price book
+    feed threads ----ingest queue--> dispatcher --> price book
+    backfill thread --^
                                               --> update log --> client sessions
                                               --> storage writer --> database
 
@@ -12,6 +13,7 @@ import queue
 import threading
 import time
 
+from .backfill import Backfiller
 from .candles import check_interval, normalize_symbol, stream_name, parse_stream_name
 from .clients import ClientHub
 from .dispatch import Dispatcher
@@ -48,6 +50,9 @@ class Services:
                                      [self.storage.writer], config["WS_TICK_MS"] / 1000)
         self.feed = BinanceFeed(config, self.ingest)
         self.exchange = BinanceRest(config["BINANCE_REST_URL"])
+        self.backfill = Backfiller(self.exchange, self.storage.store, self.ingest,
+                                   config["BACKFILL_INITIAL_CANDLES"])
+        self.feed.on_subscribed = self.backfill.request
         interval = check_interval(config["BINANCE_INTERVAL"])
         self.feed.add([stream_name(normalize_symbol(s), interval) for s in config["BINANCE_SYMBOLS"]])
         self.refusals: dict[str, int] = {}
@@ -66,6 +71,7 @@ class Services:
         self.started_at = time.time()
         self.storage.writer.start()
         self.dispatcher.start()
+        self.backfill.start()
         self.feed.start()
         log.info("services started: %d streams from %s", len(self.feed.streams()), self.feed.ws_base)
 
@@ -75,6 +81,7 @@ class Services:
         log.info("stopping services")
         self.hub.close_all()
         self.feed.stop()
+        self.backfill.stop()
         self.dispatcher.stop()
         self.storage.writer.stop()
         log.info("services stopped")
@@ -160,4 +167,5 @@ class Services:
             "clients": self.hub.stats(),
             "refusals": self._refusal_counts(),
             "storage": self.storage.writer.stats(),
+            "backfill": self.backfill.stats(),
         }

@@ -1,0 +1,165 @@
+"""Gap backfill: Binance does not replay what was sent while we were away,
+so after every (re)connect and on every new subscription we compare the
+last stored closed candle of each stream with the exchange and fetch the
+missing closed candles from GET /api/v3/klines.
+
+Backfilled candles go through the normal path (ingest queue -> dispatcher),
+marked source="backfill": the writer stores them idempotently (same point
+key, so a candle that also arrived live is simply overwritten with the same
+values) and clients see them as updates marked backfill.
+
+Binance's REST limits: a weight budget per minute reported in
+X-MBX-USED-WEIGHT-1M (we pause near it), 429 with Retry-After (we wait),
+418 when banned (we stop until Retry-After has passed), 451 for a blocked
+region (reported with the hint to use Binance.US).
+"""
+import logging
+import queue
+import threading
+import time
+from collections import deque
+
+from .candles import INTERVALS, Candle, parse_stream_name
+from .exchange import BinanceRest, ExchangeUnavailable
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000                 # Binance's maximum klines per request
+WEIGHT_LIMIT = 6000         # Binance spot's request weight per minute
+WEIGHT_PAUSE_AT = 0.8       # pause when this share of the budget is used
+GAP_LOG = 200               # gap records kept for /stats
+
+
+def kline_row_to_candle(symbol: str, interval: str, row: list) -> Candle:
+    """One row of /api/v3/klines: [t, o, h, l, c, v, T, q, n, V, Q, ignore]."""
+    return Candle(symbol=symbol, interval=interval, open_time=int(row[0]), close_time=int(row[6]),
+                  open=float(row[1]), high=float(row[2]), low=float(row[3]), close=float(row[4]),
+                  volume=float(row[5]), quote_volume=float(row[7]), trades=int(row[8]),
+                  closed=True, event_time=int(row[6]) + 1)
+
+
+class Backfiller:
+    def __init__(self, rest: BinanceRest, store, ingest: queue.Queue, initial_candles: int):
+        self.rest = rest
+        self.store = store
+        self.ingest = ingest
+        self.initial_candles = initial_candles   # history fetched for a stream we never stored
+        self.gaps: deque[dict] = deque(maxlen=GAP_LOG)
+        self.candles_fetched = 0
+        self.requests = 0
+        self.last_error = ""
+        self._todo: list[str] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._banned_until = 0.0
+        self._thread = threading.Thread(target=self._run, name="backfill", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def request(self, streams) -> None:
+        """Check these streams for gaps soon (called from feed threads and REST)."""
+        with self._lock:
+            self._todo.extend(s for s in streams if s not in self._todo)
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._todo)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            while not self._stopping.is_set():
+                with self._lock:
+                    if not self._todo:
+                        break
+                    stream = self._todo.pop(0)
+                try:
+                    self._fill(stream)
+                except ExchangeUnavailable as exc:
+                    self.last_error = str(exc)
+                    log.warning("backfill of %s failed: %s", stream, exc)
+                    self._record(stream, None, 0, filled=False, error=str(exc))
+                except Exception:
+                    log.exception("backfill of %s failed", stream)
+
+    def _fill(self, stream: str) -> None:
+        symbol, interval = parse_stream_name(stream)
+        step = INTERVALS[interval]
+        last = self.store.last_closed(symbol, interval)
+        server_now = int(self._get("/api/v3/time")["serverTime"])
+        if last is None:
+            if not self.initial_candles:
+                return
+            start = server_now - (self.initial_candles + 1) * step
+        else:
+            start = last + step
+        # Only candles that closed before the exchange's "now" are final.
+        if start + step > server_now:
+            return
+        got = 0
+        first = None
+        while not self._stopping.is_set():
+            rows = self._get("/api/v3/klines", symbol=symbol, interval=interval, startTime=start, limit=PAGE)
+            closed = [r for r in rows if int(r[6]) < server_now]
+            for row in closed:
+                self.ingest.put((kline_row_to_candle(symbol, interval, row), "backfill"))
+            got += len(closed)
+            if closed and first is None:
+                first = int(closed[0][0])
+            if len(rows) < PAGE or len(closed) < len(rows):
+                break
+            start = int(rows[-1][0]) + step
+        self.candles_fetched += got
+        if last is not None and got:
+            log.info("backfilled %d candles of %s after a gap", got, stream)
+            self._record(stream, first, got, filled=True)
+
+    def _get(self, path: str, **params):
+        now = time.monotonic()
+        if now < self._banned_until:
+            raise ExchangeUnavailable(f"waiting out a Binance ban for {self._banned_until - now:.0f}s")
+        while True:
+            self.requests += 1
+            try:
+                body, headers = self.rest.get(path, **params)
+            except ExchangeUnavailable as exc:
+                if exc.status == 429:
+                    wait = exc.retry_after or 60
+                    log.warning("Binance rate limit (429): waiting %ss", wait)
+                    if self._stopping.wait(wait):
+                        raise
+                    continue
+                if exc.status == 418:
+                    self._banned_until = time.monotonic() + (exc.retry_after or 3600)
+                raise
+            used = int(headers.get("X-MBX-USED-WEIGHT-1M") or headers.get("x-mbx-used-weight-1m") or 0)
+            if used >= WEIGHT_LIMIT * WEIGHT_PAUSE_AT:
+                pause = 60 - time.time() % 60  # the weight window resets each minute
+                log.info("Binance request weight %d of %d used; pausing %.0fs", used, WEIGHT_LIMIT, pause)
+                self._stopping.wait(pause)
+            return body
+
+    def _record(self, stream, first, count, filled, error=""):
+        self.gaps.append({"stream": stream, "at": int(time.time() * 1000), "from_open_time": first,
+                          "candles": count, "filled": filled, "error": error})
+
+    def stats(self) -> dict:
+        return {"pending": self.pending, "requests": self.requests, "candles_fetched": self.candles_fetched,
+                "gaps_filled": sum(1 for g in self.gaps if g["filled"]),
+                "gaps_failed": sum(1 for g in self.gaps if not g["filled"]),
+                "last_error": self.last_error, "recent_gaps": list(self.gaps)[-20:]}
