@@ -29,8 +29,11 @@ class Config:
 
     # Upstream: the base URLs make Binance.US, data-stream.binance.vision and
     # the replay exchange (`flask replay`) work by configuration alone.
-    BINANCE_WS_URL = os.environ.get("BINANCE_WS_URL", "wss://stream.binance.com:9443").rstrip("/")
-    BINANCE_REST_URL = os.environ.get("BINANCE_REST_URL", "https://api.binance.com").rstrip("/")
+    # BINANCE=http://host:port points both at one server (the replay exchange).
+    _one = os.environ.get("BINANCE", "").rstrip("/")
+    BINANCE_WS_URL = os.environ.get(
+        "BINANCE_WS_URL", "ws" + _one[4:] if _one else "wss://stream.binance.com:9443").rstrip("/")
+    BINANCE_REST_URL = os.environ.get("BINANCE_REST_URL", _one or "https://api.binance.com").rstrip("/")
     # BINANCE_SYMBOL is the seed's single-symbol setting, still accepted.
     BINANCE_SYMBOLS = _list("BINANCE_SYMBOLS", os.environ.get("BINANCE_SYMBOL", "BTCUSDT,ETHUSDT"))
     BINANCE_INTERVAL = os.environ.get("BINANCE_INTERVAL", "1m")
@@ -71,6 +74,20 @@ class Config:
     INFLUXDB_DATABASE = os.environ.get("INFLUXDB_DATABASE", "crypto")
     INFLUXDB_ORG = os.environ.get("INFLUXDB_ORG", "")
     SQLITE_PATH = os.environ.get("SQLITE_PATH", os.path.join(basedir, "instance", "candles.sqlite3"))
+    # v2: /api/v2/write via influxdb-client (InfluxDB 2.x, 3.x, 1.8+);
+    # v1: /write?db= for InfluxDB 1.x before 1.8. Empty means v2.
+    INFLUXDB_API = os.environ.get("INFLUXDB_API", "")
+    STORAGE_TIMEOUT = _float("STORAGE_TIMEOUT", 10.0)
+    # The writer flushes when this many candles are pending or every interval.
+    STORAGE_BATCH_SIZE = _int("STORAGE_BATCH_SIZE", 5000)
+    STORAGE_FLUSH_INTERVAL = _float("STORAGE_FLUSH_INTERVAL", 1.0)
+    # Candles held in memory if the writer thread itself is stuck.
+    STORAGE_MEMORY_MAX_POINTS = _int("STORAGE_MEMORY_MAX_POINTS", 100_000)
+    STORAGE_RETRY_INITIAL = _float("STORAGE_RETRY_INITIAL", 1.0)
+    STORAGE_RETRY_MAX = _float("STORAGE_RETRY_MAX", 60.0)
+    # Candles the database has not taken yet wait here, across restarts.
+    SPOOL_DIR = os.environ.get("SPOOL_DIR", os.path.join(basedir, "instance", "spool"))
+    SPOOL_MAX_MB = _float("SPOOL_MAX_MB", 1024.0)
 
     SECRETS = ("INFLUXDB_TOKEN", "API_KEY")
 
