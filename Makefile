@@ -3,13 +3,23 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test replay demo install install-test system-test-deps bench
+.PHONY: run test replay demo install install-test system-test-deps bench static-vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-install: $(BIN)/python
+install: $(BIN)/python static-vendor
 	$(BIN)/pip install -q -r requirements.txt
+
+# The dashboard's chart library, pinned in package-lock.json. Without npm the
+# dashboard still works, minus the chart (it says so on the page).
+CHART_JS := node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js
+static-vendor:
+	@if command -v npm >/dev/null 2>&1; then \
+		{ npm ci --no-audit --no-fund --loglevel=error && \
+		  mkdir -p app/static/vendor && cp $(CHART_JS) app/static/vendor/; } || \
+		echo "npm ci failed: the dashboard will run without its chart"; \
+	else echo "npm not found: the dashboard will run without its chart"; fi
 
 install-test: $(BIN)/python system-test-deps
 	$(BIN)/pip install -q -r requirements-test.txt
