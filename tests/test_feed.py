@@ -8,7 +8,7 @@ import pytest
 
 from app.feed import BinanceFeed
 from config import Config
-from tests.conftest import http, wait_until
+from tests.harness import http, wait_until
 
 
 def feed_config(replay_url: str, **overrides) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import websocket
 
 from app.candles import candles_from_csv
-from tests.conftest import wait_until
+from tests.harness import wait_until
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "klines"
 RECORDED = {
@@ -186,3 +186,33 @@ def test_upstream_drop_reconnects_and_clients_keep_receiving(live_app, replay_se
         assert {s["stream"] for s in symbols} == {"btcusdt@kline_1m", "ethusdt@kline_1m", "btcusdt@kline_5m"}
     finally:
         c.close()
+
+
+def test_sigterm_closes_clients_with_1001_and_exits_promptly(replay_server, tmp_path):
+    from tests.harness import LiveApp
+    app = LiveApp(tmp_path, replay_server.url, BINANCE_SYMBOLS="ETHUSDT").start()
+    c = Listener(app.ws_url)
+    wait_until(lambda: len(c.updates()) > 5, 10, message="updates")
+    t0 = time.monotonic()
+    assert app.stop() == 0
+    assert time.monotonic() - t0 < 10
+    c.join(5)
+    assert c.closed_with == 1001
+    log = app.log()
+    assert "services stopped" in log and "Traceback" not in log
+
+
+def test_client_limit_closes_with_1013(replay_server, tmp_path):
+    from tests.harness import LiveApp
+    app = LiveApp(tmp_path, replay_server.url, BINANCE_SYMBOLS="ETHUSDT", WS_MAX_CLIENTS=2).start()
+    try:
+        first = [Listener(app.ws_url) for _ in range(2)]
+        third = Listener(app.ws_url)
+        third.join(5)
+        assert third.closed_with == 1013
+        assert app.get("/stats")[1]["clients"]["rejected_full"] == 1
+        for c in first:
+            assert c.closed_with is None
+            c.close()
+    finally:
+        app.stop()
