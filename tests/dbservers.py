@@ -208,3 +208,40 @@ def victoria(tmp_path_factory):
 
 def unique_db(prefix: str = "t") -> str:
     return f"{prefix}_{os.getpid()}_{time.monotonic_ns()}"
+
+
+# -- recorded candles and writers for the storage tests -------------------------
+KLINES = Path(__file__).resolve().parent.parent / "data" / "klines"
+
+
+def recorded(name: str = "BTCUSDT-1m-2020-01-01.csv") -> list:
+    from app.candles import candles_from_csv
+    return list(candles_from_csv(KLINES / name))
+
+
+def first_update(candle):
+    """The first update Binance sends for a candle: one trade at the open
+    price, not closed. Built from the recorded candle, no invented prices."""
+    from dataclasses import replace
+    return replace(candle, high=candle.open, low=candle.open, close=candle.open,
+                   volume=0.0, quote_volume=0.0, trades=0, closed=False,
+                   event_time=candle.open_time)
+
+
+def make_writer(store, spool_dir, **options):
+    """A writer with test-friendly timings (fast flushes and retries)."""
+    from app.storage.spool import Spool
+    from app.storage.writer import Writer
+    spool = Spool(str(spool_dir), options.pop("spool_max_bytes", 64 * 1024 * 1024))
+    settings = dict(batch_size=5000, flush_interval=0.05, retry_initial=0.05, retry_max=0.3)
+    return Writer(store, spool, **{**settings, **options})
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -8,6 +8,8 @@ def init_app(app):
     from . import api, pages, stream
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    from . import data
+    app.register_blueprint(data.bp)
     app.config.setdefault("SOCK_SERVER_OPTIONS", {
         "ping_interval": app.config["WS_PING_INTERVAL"],
         "max_message_size": app.config["WS_MAX_MESSAGE_BYTES"],
