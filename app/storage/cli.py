@@ -3,6 +3,7 @@ import json
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 from .. import analysis
 from ..candles import check_interval, normalize_symbol
@@ -14,6 +15,7 @@ def _store():
 
 
 @click.command("check-db")
+@with_appcontext
 def check_db_command():
     """Write, read back and remove a sample point in the configured database."""
     report = _store().check()
@@ -29,6 +31,7 @@ def check_db_command():
 
 
 @click.command("analyze")
+@with_appcontext
 @click.argument("symbol")
 @click.option("--interval", default=None, help="candle interval (default BINANCE_INTERVAL)")
 @click.option("--window", default=analysis.DEFAULT_WINDOW, show_default=True,
