@@ -211,7 +211,8 @@ def unique_db(prefix: str = "t") -> str:
 
 
 # -- recorded candles and writers for the storage tests -------------------------
-KLINES = Path(__file__).resolve().parent.parent / "data" / "klines"
+ROOT = Path(__file__).resolve().parent.parent
+KLINES = ROOT / "data" / "klines"
 
 
 def recorded(name: str = "BTCUSDT-1m-2020-01-01.csv") -> list:
