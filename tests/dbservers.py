@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,14 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import ROOT, free_port
+
 INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
 VICTORIA = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(method: str, url: str, data: bytes | None = None, timeout: float = 5.0):
@@ -211,7 +206,6 @@ def unique_db(prefix: str = "t") -> str:
 
 
 # -- recorded candles and writers for the storage tests -------------------------
-ROOT = Path(__file__).resolve().parent.parent
 KLINES = ROOT / "data" / "klines"
 
 
@@ -237,12 +231,3 @@ def make_writer(store, spool_dir, **options):
     settings = dict(batch_size=5000, flush_interval=0.05, retry_initial=0.05, retry_max=0.3)
     return Writer(store, spool, **{**settings, **options})
 
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

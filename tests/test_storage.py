@@ -8,7 +8,8 @@ from app.storage import Point, StorageError
 from app.storage.errors import error_from_http, retry_after_seconds
 from app.storage.spool import Spool
 from app.storage.sqlite import SqliteStore
-from tests.dbservers import first_update, make_writer, recorded, wait_for
+from tests.dbservers import first_update, make_writer, recorded
+from tests.harness import wait_until
 
 BTC = recorded()
 
@@ -71,7 +72,7 @@ def test_writer_batches_by_size(store, tmp_path):
     writer.start()
     for c in BTC[:250]:
         writer.submit(c)
-    wait_for(lambda: writer.stats()["points_written"] >= 200, 5, "two full batches")
+    wait_until(lambda: writer.stats()["points_written"] >= 200, 5, message="two full batches")
     writer.stop()
     assert writer.stats()["points_written"] == 250
     assert store.history("BTCUSDT", "1m", limit=1000) == BTC[:250]

@@ -11,8 +11,9 @@ import pytest
 
 from app.storage import InfluxStore, Point, StorageError
 from app.storage.spool import Spool
-from tests.dbservers import (ROOT, first_update, influxd, influxd_auth, influxd_own,  # noqa: F401
-                             make_writer, recorded, unique_db, victoria, wait_for)
+from tests.dbservers import (first_update, influxd, influxd_auth, influxd_own,  # noqa: F401
+                             make_writer, recorded, unique_db, victoria)
+from tests.harness import ROOT, wait_until
 
 BTC = recorded()
 ETH = recorded("ETHUSDT-1m-2022-08-14.csv")
@@ -82,7 +83,7 @@ def test_writer_reports_permanent_errors(influxd, tmp_path):
     writer = make_writer(v1_store(influxd, "no_such_db"), tmp_path / "spool")
     writer.start()
     writer.submit(BTC[0])
-    error = wait_for(lambda: writer.stats()["last_error"], 5, "an error")
+    error = wait_until(lambda: writer.stats()["last_error"], 5, message="an error")
     writer.stop()
     assert error["kind"] == "not_found" and error["permanent"] and error["status"] == 404
     stats = writer.stats()
@@ -102,14 +103,14 @@ def test_outage_loses_nothing(influxd_own, tmp_path):
             writer.submit(c)
 
     feed(ETH[:400])
-    wait_for(lambda: writer.stats()["points_written"] >= 400, 10, "the first candles")
+    wait_until(lambda: writer.stats()["points_written"] >= 400, 10, message="the first candles")
     influxd_own.stop()
     feed(ETH[400:900])
-    wait_for(lambda: writer.stats()["spool_points"] >= 500, 10, "the spool to fill")
+    wait_until(lambda: writer.stats()["spool_points"] >= 500, 10, message="the spool to fill")
     assert writer.stats()["failures"] >= 1
     influxd_own.start()
     feed(ETH[900:])
-    wait_for(lambda: writer.stats()["spool_points"] == 0, 20, "the spool to drain")
+    wait_until(lambda: writer.stats()["spool_points"] == 0, 20, message="the spool to drain")
     writer.stop()
     assert stored(influxd_own, db, "ETHUSDT") == ETH
     stats = writer.stats()
@@ -119,14 +120,15 @@ def test_outage_loses_nothing(influxd_own, tmp_path):
 KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
     from app.storage import InfluxStore
-    from tests.dbservers import first_update, make_writer, recorded, wait_for
+    from tests.dbservers import first_update, make_writer, recorded
+    from tests.harness import wait_until
     url, spool = sys.argv[1:]
     writer = make_writer(InfluxStore(url, "crypto", api="v1", timeout=1), spool)
     writer.start()
     for c in recorded():
         writer.submit(first_update(c))
         writer.submit(c)
-    wait_for(lambda: writer.stats()["spool_points"] == 1440, 20, "everything spooled")
+    wait_until(lambda: writer.stats()["spool_points"] == 1440, 20, message="everything spooled")
     os.kill(os.getpid(), signal.SIGKILL)  # no stop(), no flush: a crash
 """)
 
@@ -143,7 +145,7 @@ def test_crash_during_outage_loses_nothing(influxd_own, tmp_path):
     influxd_own.start()
     writer = make_writer(v1_store(influxd_own, "crypto"), tmp_path / "spool")
     writer.start()
-    wait_for(lambda: writer.stats()["spool_points"] == 0, 20, "the spool to drain")
+    wait_until(lambda: writer.stats()["spool_points"] == 0, 20, message="the spool to drain")
     writer.stop()
     assert stored(influxd_own, "crypto") == BTC
 
@@ -159,7 +161,7 @@ def test_victoria_metrics_v2_write_path(victoria, tmp_path):
         writer.submit(first_update(c))
         writer.submit(c)
     symbol_filter = '{__name__="crypto_price_close",symbol="BTCUSDT"}'
-    wait_for(lambda: writer.stats()["points_written"] >= 200, 10, "size-triggered batches")
+    wait_until(lambda: writer.stats()["points_written"] >= 200, 10, message="size-triggered batches")
     writer.stop()  # the last 50 only go out because stop flushes
     stats = writer.stats()
     assert stats["points_written"] == 250 and stats["batches_written"] >= 3
