@@ -54,7 +54,8 @@ def valid_stream(name) -> bool:
 
 
 def _position(text: str, offset: int) -> str:
-    """serde's "line L column C" for a 0-based character offset."""
+    """serde's "line L column C": where the last character it consumed
+    (0-based `offset`) is."""
     line = text.count("\n", 0, offset) + 1
     column = offset - (text.rfind("\n", 0, offset) + 1) + 1
     return f"at line {line} column {column}"
@@ -80,13 +81,13 @@ def parse(text: str) -> Request:
         raise RequestError(3, "Invalid JSON: expected value at line 1 column 1")
     id_ = msg.get("id")
     if "method" not in msg:
-        raise RequestError(2, f"Invalid request: missing field `method` {_position(text, len(text.rstrip()))}",
+        raise RequestError(2, f"Invalid request: missing field `method` {_position(text, len(text.rstrip()) - 1)}",
                            id_ if _valid_id(id_) else None)
     method = msg["method"]
     if method not in METHODS:
-        # serde reports the position just after the offending value.
+        # serde reports the position of the value's last character.
         found = re.search(r'"method"\s*:\s*("(?:[^"\\]|\\.)*"|[^,}\s]+)', text)
-        where = _position(text, found.end()) if found else "at line 1 column 1"
+        where = _position(text, found.end() - 1) if found else "at line 1 column 1"
         variant = method if isinstance(method, str) else json.dumps(method)
         expected = ", ".join(f"`{m}`" for m in METHODS)
         raise RequestError(2, f"Invalid request: unknown variant `{variant}`, expected one of {expected} {where}",

@@ -217,10 +217,16 @@ class ReplayServer:
         for conn in conns:
             conn.close_soon(GOING_AWAY, "server stopping")
         deadline = time.monotonic() + timeout
+        grace = time.monotonic() + min(1.0, timeout)      # for the close frames to go out
+        while self.replay.hub.all_connections() and time.monotonic() < grace:
+            time.sleep(0.01)
+        # Clients that do not answer the close frame would hold their
+        # threads in a blocking read: cut them.
         for conn in conns:
-            conn.handler.join(max(0.0, deadline - time.monotonic()))
             conn.drop()
-            conn.ws.thread.join(max(0.0, deadline - time.monotonic()))
+        for conn in conns:
+            for thread in (conn.handler, conn.ws.thread):
+                thread.join(max(0.0, deadline - time.monotonic()))
         self._server.server_close()
 
     def __enter__(self) -> "ReplayServer":
