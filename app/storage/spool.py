@@ -26,7 +26,7 @@ class Spool:
     def open(self) -> int:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         # Opened by start(), used by the writer thread from then on.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("""CREATE TABLE IF NOT EXISTS pending (
             symbol TEXT NOT NULL, interval TEXT NOT NULL, open_time INTEGER NOT NULL,
@@ -95,10 +95,11 @@ class Spool:
         return dropped_open, dropped_closed
 
     def _evict(self, n: int, closed: int) -> int:
-        cur = self._db.execute(
-            "DELETE FROM pending WHERE (symbol, interval, open_time) IN "
-            "(SELECT symbol, interval, open_time FROM pending WHERE closed = ? ORDER BY seq LIMIT ?)",
-            (closed, n))
+        with self._db:
+            cur = self._db.execute(
+                "DELETE FROM pending WHERE (symbol, interval, open_time) IN "
+                "(SELECT symbol, interval, open_time FROM pending WHERE closed = ? ORDER BY seq LIMIT ?)",
+                (closed, n))
         return cur.rowcount
 
     def _recount(self) -> None:

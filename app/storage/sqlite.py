@@ -30,7 +30,7 @@ class SqliteStore(Store):
         if db is None:
             try:
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+                db = sqlite3.connect(self.path, timeout=self.timeout)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
                 if not self._created:
