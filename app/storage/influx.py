@@ -43,6 +43,7 @@ class InfluxStore(Store):
         self.measurement = measurement
         self.backend = f"influxdb-{api}"
         self._http: urllib3.PoolManager | None = None
+        self._client = None
         self._v2_write = None
         self._lock = threading.Lock()
 
@@ -50,15 +51,15 @@ class InfluxStore(Store):
         return f"InfluxDB at {self.url}, database {self.database!r}, {self.api} write API"
 
     # -- HTTP ----------------------------------------------------------------
-    def _auth(self) -> tuple[dict, dict]:
-        """(query params, headers). 1.x before 1.8 knows only user/password;
-        everything newer takes `Authorization: Token`."""
+    def _headers(self) -> dict:
+        """1.x before 1.8 knows only user and password (sent as Basic auth,
+        which it accepts like u=/p= but keeps them out of URLs); everything
+        newer takes `Authorization: Token`."""
         if not self.token:
-            return {}, {}
-        user, sep, password = self.token.partition(":")
-        if self.api == "v1" and sep:
-            return {"u": user, "p": password}, {}
-        return {}, {"Authorization": f"Token {self.token}"}
+            return {}
+        if self.api == "v1" and ":" in self.token:
+            return urllib3.make_headers(basic_auth=self.token)
+        return {"Authorization": f"Token {self.token}"}
 
     def _request(self, method: str, path: str, params: dict, body: bytes | None = None):
         with self._lock:
@@ -66,10 +67,9 @@ class InfluxStore(Store):
                 self._http = urllib3.PoolManager(
                     num_pools=2, maxsize=8, retries=False,
                     timeout=urllib3.Timeout(connect=min(self.timeout, 5.0), read=self.timeout))
-        auth_params, headers = self._auth()
-        url = f"{self.url}{path}?{urlencode({**params, **auth_params})}"
+        url = f"{self.url}{path}?{urlencode(params)}"
         try:
-            resp = self._http.request(method, url, body=body, headers=headers)
+            resp = self._http.request(method, url, body=body, headers=self._headers())
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._transport_error(exc) from exc
         if resp.status >= 300:
