@@ -335,6 +335,8 @@ def test_refused_handshakes_then_recovery(server):
 
 def test_server_shutdown_event(server):
     raw, combined = connect(server, "/ws"), connect(server, "/stream")
+    # The handshake completes just before the server registers the connection.
+    wait_until(lambda: http("GET", server.url + "/_replay/stats")[1]["connections"] >= 2, 5)
     try:
         assert http("POST", server.url + "/_replay/shutdown-event")[1]["sent"] >= 2
         event = json.loads(raw.recv())
@@ -397,3 +399,23 @@ def test_windows_are_utc_days_monday_weeks_and_calendar_months():
     assert window(t, "1w")[0] == 1577664000000    # Monday 2019-12-30
     assert window(t, "1M") == (1577836800000, 1580515200000 - 1)
     assert isinstance(read_csv(BTC_CSV)[0], Bar)
+
+
+def test_start_later_and_change_speed():
+    start = FIRST + 90 * 60_000
+    with ReplayServer(speed=60, start=start, symbols=["BTCUSDT"]) as srv:
+        ws = connect(srv, "/ws/btcusdt@kline_1m")
+        try:
+            assert frames(ws, lambda fs: True)[0]["k"]["t"] == start
+            assert http("POST", srv.url + "/_replay/speed?x=6000")[1]["speed"] == 6000
+            before = http("GET", srv.url + "/_replay/stats")[1]["clock"]["BTCUSDT"]
+            time.sleep(0.2)
+            assert http("GET", srv.url + "/_replay/stats")[1]["clock"]["BTCUSDT"] - before > 600_000
+        finally:
+            ws.close()
+        assert http("POST", srv.url + "/_replay/speed?x=0")[0] == 400
+
+
+def test_start_option_accepts_iso_and_ms():
+    from app.replay.cli import parse_start
+    assert parse_start("2020-01-01T01:30") == parse_start("1577842200000") == FIRST + 90 * 60_000

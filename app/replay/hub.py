@@ -11,6 +11,10 @@ Pings are sent here rather than by simple-websocket's `ping_interval`
 option so that a silenced server (POST /_replay/silence) stops pinging too.
 Abrupt drops shut the TCP socket down under simple-websocket's reader
 thread, which then ends the connection without a close frame.
+
+Binance's limit of 5 incoming messages per second counts pings and pongs
+too; simple-websocket answers those itself, so only text messages are
+counted here. Going over it ends the connection with close code 1008.
 """
 from __future__ import annotations
 
