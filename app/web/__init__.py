@@ -8,6 +8,9 @@ def init_app(app):
     from . import api, pages, stream
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    from . import headers, metrics
+    app.register_blueprint(metrics.bp)
+    headers.init_app(app)
     from . import data
     app.register_blueprint(data.bp)
     app.config.setdefault("SOCK_SERVER_OPTIONS", {
