@@ -77,6 +77,8 @@ class FeedConnection:
             except websocket.WebSocketBadStatusException as exc:
                 retry_after = self._handshake_refused(exc)
             except Exception as exc:  # any failure is a disconnect, never a dead thread
+                if self.feed.stopping.is_set():
+                    break
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("%s: connection error: %s", self.name, self.last_error)
             lived = time.monotonic() - self.connected_at if self.connected_at else 0.0

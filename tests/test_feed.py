@@ -40,7 +40,8 @@ def drain(feed, seconds):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            out.append(feed.ingest.get(timeout=0.1))
+            candle, source = feed.ingest.get(timeout=0.1)
+            out.append(candle)
         except queue.Empty:
             pass
     return out
