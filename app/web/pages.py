@@ -30,7 +30,8 @@ CHART_LIBRARY = "vendor/lightweight-charts.standalone.production.js"
 
 
 def selected_stream(streams: list[dict]) -> tuple[str | None, str]:
-    """The chart's stream: ?symbol=&interval= when valid, else the first one followed."""
+    """The chart's stream: ?symbol=&interval= when valid, else the first one
+    followed, preferring the configured interval."""
     default_interval = current_app.config["BINANCE_INTERVAL"]
     interval = request.args.get("interval", default_interval)
     if interval not in INTERVALS:
@@ -39,8 +40,9 @@ def selected_stream(streams: list[dict]) -> tuple[str | None, str]:
         return normalize_symbol(request.args["symbol"]), interval
     except (KeyError, ValueError):
         pass
-    if streams:
-        return streams[0]["symbol"], streams[0]["interval"]
+    preferred = [s for s in streams if s["interval"] == default_interval] or streams
+    if preferred:
+        return preferred[0]["symbol"], preferred[0]["interval"]
     return None, interval
 
 

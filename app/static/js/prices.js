@@ -62,7 +62,7 @@ export class PricesTable {
     row.close = c.close;
     cells.price.textContent = price(c.close);
     cells.change.textContent = signed(c.price_change, c.close);
-    cells.change.className = "change " + direction(c.price_change);
+    cells.change.className = "change wide " + direction(c.price_change);
     cells.pct.textContent = pct(c.price_change_percent);
     cells.pct.className = "pct " + direction(c.price_change);
     cells.volume.textContent = compact(c.volume);
@@ -83,7 +83,7 @@ export class PricesTable {
     link.append(symbol + " ", muted);
     th.append(link);
     tr.append(th);
-    for (const name of ["price", "change", "pct", "volume wide", "age muted"]) {
+    for (const name of ["price", "change wide", "pct", "volume wide", "age muted"]) {
       const td = document.createElement("td");
       td.className = name;
       td.textContent = "—";
