@@ -101,6 +101,8 @@ def test_spool_survives_reopening_and_keeps_the_newest_state(tmp_path):
     assert spool.open() == 50
     entries = spool.oldest(1000)
     assert [p.candle for _, p in entries] == BTC[:50]
+    with pytest.raises(RuntimeError, match="SPOOL_DIR"):
+        Spool(str(tmp_path), 1024).open()  # one process per spool
     spool.put([Point(BTC[0], "backfill")])  # replaced while being written...
     spool.remove(entries)
     assert [p.source for _, p in spool.oldest(10)] == ["backfill"]  # ...so it stays

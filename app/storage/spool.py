@@ -4,6 +4,7 @@ itself), so an outage costs one row per candle, not one per update, and a
 restart picks up where the last process stopped.
 
 Only the writer thread touches it."""
+import fcntl
 import json
 import logging
 import os
@@ -21,10 +22,20 @@ class Spool:
         self.max_bytes = max_bytes
         self.count = 0
         self._db: sqlite3.Connection | None = None
+        self._lock_file = None
         self._seq = 0
 
     def open(self) -> int:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        # Two writers on one spool would hand the same candles out twice and
+        # lose track of what is left: one process per SPOOL_DIR.
+        self._lock_file = open(self.path + ".lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise RuntimeError(f"another process is using the spool in {os.path.dirname(self.path)}; "
+                               f"give each server its own SPOOL_DIR") from None
         # Opened by start(), used by the writer thread from then on.
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -41,6 +52,9 @@ class Spool:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
 
     def size_bytes(self) -> int:
         return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
