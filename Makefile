@@ -21,7 +21,7 @@ static-vendor:
 		echo "npm ci failed: the dashboard will run without its chart"; \
 	else echo "npm not found: the dashboard will run without its chart"; fi
 
-install-test: $(BIN)/python system-test-deps
+install-test: $(BIN)/python system-test-deps static-vendor
 	$(BIN)/pip install -q -r requirements-test.txt
 
 # Real servers and a real browser for the tests, from Debian's packages.

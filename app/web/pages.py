@@ -100,7 +100,7 @@ def format_compact(value) -> str:
     for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(value) >= size:
             return f"{value / size:.2f}{suffix}"
-    return f"{value:.2f}".rstrip("0").rstrip(".") or "0"
+    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 @bp.app_template_filter("duration")
