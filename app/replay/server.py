@@ -122,6 +122,9 @@ def _serve(ws, combined: bool, streams: list[str]) -> None:
     try:
         conn.serve()
     finally:
+        # Once werkzeug closes the socket, simple-websocket's reader would
+        # stay blocked in recv() forever; shutting it down first ends it.
+        conn.drop()
         hub.close(conn)
         log.info("connection %d closed", conn.id)
 
