@@ -16,7 +16,12 @@ preload_app = False
 max_requests = 0
 graceful_timeout = 20
 timeout = 60
-accesslog = "-" if os.environ.get("ACCESS_LOG") else None
+# Access lines go through the logging config below; off unless asked for,
+# because health checks and dashboards poll often.
+access_log = bool(os.environ.get("ACCESS_LOG"))
+# gunicorn's control socket has one default path per user, which two
+# instances (or the test suite's) would fight over; we do not use it.
+control_socket_disable = True
 loglevel = Config.LOG_LEVEL.lower()
 logconfig_dict = {
     "version": 1,
@@ -26,7 +31,7 @@ logconfig_dict = {
     "root": {"handlers": ["console"], "level": Config.LOG_LEVEL},
     "loggers": {
         "gunicorn.error": {"level": Config.LOG_LEVEL, "handlers": [], "propagate": True},
-        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "INFO" if access_log else "WARNING", "handlers": [], "propagate": True},
     },
 }
 
