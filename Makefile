@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test replay demo install install-test system-test-deps bench static-vendor
+.PHONY: run test replay install install-test system-test-deps bench static-vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,10 @@ run: install
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # A Binance-compatible exchange replaying recorded candles (see README).
+# `--app app` builds the app without starting its feed (wsgi.py would).
+REPLAY_ARGS ?= --speed 10
 replay: install
-	$(BIN)/flask --app wsgi:app replay
+	$(BIN)/flask --app app replay $(REPLAY_ARGS)
 
 test: install-test
 	$(BIN)/python -m pytest
