@@ -4,6 +4,8 @@ import csv
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 
@@ -204,7 +206,6 @@ def test_too_many_streams_are_refused(server):
         assert got["error"]["code"] == 2 and request(ws, "LIST_SUBSCRIPTIONS", None, 2)["result"] == []
     finally:
         ws.close()
-    status, _ = http("GET", server.url + "/api/v3/ping")
     with pytest.raises(websocket.WebSocketBadStatusException) as bad:
         connect(server, "/ws/BTCUSDT@kline_1m")
     assert bad.value.status_code == 400
@@ -273,13 +274,11 @@ def test_klines_pages_through_the_past_only(server):
 def test_request_weight_header_and_429():
     with ReplayServer(speed=1, weight_limit=7) as srv:
         req = srv.url + "/api/v3/klines?symbol=BTCUSDT&interval=1m"
-        import urllib.request
         with urllib.request.urlopen(req) as resp:
             used = int(resp.headers["X-MBX-USED-WEIGHT-1M"])
         assert used == 2
         statuses = [http("GET", req)[0] for _ in range(3)]
         assert statuses[-1] == 429
-        import urllib.error
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(req)
         assert exc.value.code == 429 and 1 <= int(exc.value.headers["Retry-After"]) <= 60
