@@ -4,7 +4,6 @@ through InfluxQL on `/query`, the one read API that 1.x, 2.4+ and 3.x all
 answer. HTTP clients are made on first use, in the thread that needs them,
 so nothing is shared across a gunicorn fork."""
 import json
-import logging
 import threading
 from datetime import datetime, timezone
 from urllib.parse import urlencode
@@ -14,8 +13,6 @@ import urllib3
 from .base import Store
 from .errors import StorageError, error_from_http
 from .schema import CHECK_MEASUREMENT, FIELDS, MEASUREMENT, Point, candle_from_fields, line_protocol
-
-log = logging.getLogger(__name__)
 
 
 def _quote(value: str) -> str:

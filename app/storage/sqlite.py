@@ -4,7 +4,6 @@ import os
 import sqlite3
 import threading
 
-from ..candles import Candle
 from .base import Store
 from .errors import StorageError
 from .schema import CHECK_MEASUREMENT, FIELDS, MEASUREMENT, Point, candle_from_fields
