@@ -98,32 +98,36 @@ class Backfiller:
                     log.exception("backfill of %s failed", stream)
 
     def _fill(self, stream: str) -> None:
+        """Fetch the closed candles after the last stored one. Binance always
+        returns the candle that is still open as the last row, so a row is
+        known closed once a later row exists; the newest row is left to the
+        live stream (no server clock needed: the replay exchange has one per
+        symbol, and a clock skew must not turn an open candle into a closed one)."""
         symbol, interval = parse_stream_name(stream)
         step = INTERVALS[interval]
         last = self.store.last_closed(symbol, interval)
-        server_now = int(self._get("/api/v3/time")["serverTime"])
         if last is None:
             if not self.initial_candles:
                 return
-            start = server_now - (self.initial_candles + 1) * step
+            params = {"limit": min(PAGE, self.initial_candles + 1)}
         else:
-            start = last + step
-        # Only candles that closed before the exchange's "now" are final.
-        if start + step > server_now:
-            return
-        got = 0
-        first = None
+            params = {"startTime": last + step, "limit": PAGE}
+        held = None          # newest row so far: closed only if a later one comes
+        got, first = 0, None
         while not self._stopping.is_set():
-            rows = self._get("/api/v3/klines", symbol=symbol, interval=interval, startTime=start, limit=PAGE)
-            closed = [r for r in rows if int(r[6]) < server_now]
+            rows = self._get("/api/v3/klines", symbol=symbol, interval=interval, **params)
+            closed = ([held] if held is not None and rows else []) + rows[:-1]
             for row in closed:
                 self.ingest.put((kline_row_to_candle(symbol, interval, row), "backfill"))
             got += len(closed)
             if closed and first is None:
                 first = int(closed[0][0])
-            if len(rows) < PAGE or len(closed) < len(rows):
+            if not rows:
                 break
-            start = int(rows[-1][0]) + step
+            held = rows[-1]
+            if last is None or len(rows) < params["limit"]:
+                break
+            params["startTime"] = int(held[0]) + step
         self.candles_fetched += got
         if last is not None and got:
             log.info("backfilled %d candles of %s after a gap", got, stream)
