@@ -20,6 +20,7 @@ from .updates import UpdateLog
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_FORGET = "forget"
 
 
 class Dispatcher:
@@ -44,6 +45,12 @@ class Dispatcher:
         if self._thread and self._thread.is_alive():
             self.ingest.put(_STOP)
             self._thread.join(timeout)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop a stream from the price book once the updates already queued
+        for it have gone through (forgetting it directly would let them
+        bring it back)."""
+        self.ingest.put((key, _FORGET))
 
     @property
     def alive(self) -> bool:
@@ -88,6 +95,9 @@ class Dispatcher:
         self.received.add(len(batch))
         out = []
         for candle, source in batch:
+            if source == _FORGET:
+                self.prices.forget(candle)
+                continue
             for sink in self.sinks:
                 sink.submit(candle, source)
             seq = self.prices.update(candle, backfill=source == "backfill")

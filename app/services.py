@@ -119,7 +119,7 @@ class Services:
         stream = stream_name(symbol, interval)
         self.feed.remove([stream])
         state = self.feed.wait_settled([stream], False, SUBSCRIBE_WAIT)[stream]
-        self.prices.forget((symbol, interval))
+        self.dispatcher.forget((symbol, interval))
         return {"symbol": symbol, "interval": interval, "stream": stream, "status": state}
 
     def subscriptions(self) -> list[dict]:

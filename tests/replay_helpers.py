@@ -57,12 +57,14 @@ class ReplayProcess(NamedTuple):
 def start_replay(speed: float = 600, symbols: list[str] | None = None, data: str | Path | None = None,
                  updates: int | None = None, start: str | int | None = None,
                  ping_interval: float | None = None, max_connection_age: float | None = None,
-                 weight_limit: int | None = None, timeout: float = 20.0) -> ReplayProcess:
+                 weight_limit: int | None = None, event_time: str | None = None,
+                 timeout: float = 20.0) -> ReplayProcess:
     """`python -m app.replay` with these options; returns once it answers
     /api/v3/ping. Options left as None keep the server's defaults."""
     options = {"--speed": speed, "--symbols": ",".join(symbols) if symbols else None, "--data": data,
                "--updates": updates, "--start": start, "--ping-interval": ping_interval,
-               "--max-connection-age": max_connection_age, "--weight-limit": weight_limit}
+               "--max-connection-age": max_connection_age, "--weight-limit": weight_limit,
+               "--event-time": event_time}
     args = [sys.executable, "-m", "app.replay", "--port", "0"]
     for flag, value in options.items():
         if value is not None:

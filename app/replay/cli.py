@@ -2,8 +2,8 @@
 
 Example: a Binance stand-in at 60x on port 9443, and the app pointed at it:
 
-    flask --app wsgi:app replay --port 9443 --speed 60
-    BINANCE_WS_URL=ws://127.0.0.1:9443 BINANCE_REST_URL=http://127.0.0.1:9443 make run
+    flask --app app replay --port 9443 --speed 60
+    BINANCE=http://127.0.0.1:9443 make run
 """
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ def parse_start(value: str | None) -> int | None:
               help="close connections older than this many seconds (Binance: 24 h)")
 @click.option("--weight-limit", default=6000, show_default=True, type=int,
               help="REST request weight per minute before HTTP 429")
+@click.option("--event-time", type=click.Choice(["replay", "wall"]), default="replay", show_default=True,
+              help="stamp events (E) with the replayed time, or the wall clock at sending (latency benchmarks)")
 def replay_command(host, port, data_dir, symbols, speed, updates, start, ping_interval,
-                   max_connection_age, weight_limit):
+                   max_connection_age, weight_limit, event_time):
     """Serve recorded 1m klines as a Binance-compatible exchange (WebSocket
     streams and REST on one port) until interrupted."""
     from .server import ReplayServer
@@ -53,7 +55,8 @@ def replay_command(host, port, data_dir, symbols, speed, updates, start, ping_in
         server = ReplayServer(
             host, port, data_dir=data_dir, speed=speed, steps=updates, start=parse_start(start),
             symbols=[s.strip().upper() for s in symbols.split(",") if s.strip()] or None,
-            ping_interval=ping_interval, max_age=max_connection_age, weight_limit=weight_limit)
+            ping_interval=ping_interval, max_age=max_connection_age, weight_limit=weight_limit,
+            wall_clock_events=event_time == "wall")
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()

@@ -21,7 +21,11 @@ MAX_SLEEP = 0.25     # re-check this often even when no step is due (speed chang
 
 class Market:
     def __init__(self, data_dir: str | Path, speed: float, steps: int = 4,
-                 start: int | None = None, symbols: list[str] | None = None):
+                 start: int | None = None, symbols: list[str] | None = None,
+                 wall_clock_events: bool = False):
+        # Benchmarks stamp "E" with the wall clock at sending, so a client can
+        # measure end-to-end latency; otherwise E is the replayed time.
+        self.wall_clock_events = wall_clock_events
         recordings = load_recordings(data_dir)
         if symbols:
             missing = sorted(set(symbols) - set(recordings))
@@ -40,6 +44,9 @@ class Market:
 
     def now(self, symbol: str) -> int:
         return self.clock.now(symbol)
+
+    def event_time(self, replayed: int) -> int:
+        return int(time.time() * 1000) if self.wall_clock_events else replayed
 
     def server_time(self) -> int:
         """Binance has one clock; ours has one per symbol. The earliest one is
@@ -112,6 +119,6 @@ class Player:
                 cursor = step
                 for stream, interval in followed.get(symbol, ()):
                     bar, closed = tape.bar(interval, *step)
-                    self.hub.publish(stream, *encode_event(stream, kline_event(symbol, interval, bar, closed, at)))
+                    self.hub.publish(stream, *encode_event(stream, kline_event(symbol, interval, bar, closed, self.market.event_time(at))))
             self.cursors[symbol] = cursor
         return soonest

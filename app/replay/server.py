@@ -61,12 +61,12 @@ def _reader_thread(target):
 def create_replay_app(data_dir="data/klines", speed: float = 1.0, steps: int = 4,
                       start: int | None = None, symbols: list[str] | None = None,
                       ping_interval: float = 20.0, max_age: float | None = None,
-                      weight_limit: int = 6000) -> Flask:
+                      weight_limit: int = 6000, wall_clock_events: bool = False) -> Flask:
     """A Binance-compatible exchange replaying the 1m klines in `data_dir`.
     The clock thread is not started here (ReplayServer does that)."""
     app = Flask(__name__)
     app.config["SOCK_SERVER_OPTIONS"] = {"thread_class": _reader_thread}
-    market = Market(data_dir, speed, steps, start, symbols)
+    market = Market(data_dir, speed, steps, start, symbols, wall_clock_events)
     app.extensions["replay"] = Replay(market, ping_interval, max_age, weight_limit)
     app.register_blueprint(rest_bp)
     sock = Sock(app)

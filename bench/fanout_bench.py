@@ -1,0 +1,139 @@
+"""Ingest and fan-out throughput of the streaming core.
+
+    .venv/bin/python bench/fanout_bench.py [--seconds 8] [--repeats 3] [--clients 1,100,500]
+
+1. Ingest, in process: recorded klines as Binance combined-stream frames,
+   parsed by the feed's frame handler, then dispatched (price book, shared
+   update log; no clients, no storage). Median of --repeats runs.
+2. Fan-out, end to end: the replay exchange (--event-time wall, so "E" is
+   when the exchange sent the update) -> the app under gunicorn -> N real
+   WebSocket clients in this process (bench/wsload.py). Delivered
+   price_update messages per second and latency from the exchange's send to
+   the client's read, p50/p99, median of --repeats runs, for one update per
+   frame and for ?batch=50ms.
+
+Everything runs on this machine: the load generator and the replay exchange
+take CPU from the server, so the numbers are a floor for the server alone.
+"""
+import argparse
+import json
+import os
+import platform
+import queue
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.candles import INTERVALS  # noqa: E402
+from app.clients import ClientHub  # noqa: E402
+from app.dispatch import Dispatcher  # noqa: E402
+from app.feed import BinanceFeed, FeedConnection  # noqa: E402
+from app.prices import PriceBook  # noqa: E402
+from app.replay.timeline import encode_event, kline_event, load_recordings  # noqa: E402
+from app.updates import UpdateLog  # noqa: E402
+from bench import wsload  # noqa: E402
+from config import Config  # noqa: E402
+from tests.harness import LiveApp  # noqa: E402
+from tests.replay_helpers import start_replay, stop_replay  # noqa: E402
+
+REPLAY_SPEED = 300           # 5 replayed minutes per second
+FAN_OUT_INTERVALS = [i for i in INTERVALS if i not in ("1s",)]
+
+
+def config() -> dict:
+    return {k: getattr(Config, k) for k in dir(Config) if k.isupper()}
+
+
+def recorded_frames(n: int) -> list[bytes]:
+    """n combined-stream kline frames, cycling through the recorded candles."""
+    frames = []
+    for symbol, bars in load_recordings(ROOT / "data" / "klines").items():
+        stream = f"{symbol.lower()}@kline_1m"
+        for bar in bars:
+            event = kline_event(symbol, "1m", bar, True, bar.close_time + 1)
+            frames.append(encode_event(stream, event)[1].encode())
+    return (frames * (n // len(frames) + 1))[:n]
+
+
+def ingest_once(frames: list[bytes]) -> tuple[float, float]:
+    """(parse msgs/s, parse+dispatch msgs/s)."""
+    cfg = config()
+    ingest: queue.Queue = queue.Queue()
+    conn = FeedConnection(BinanceFeed(cfg, ingest), 1)
+    t0 = time.perf_counter()
+    for f in frames:
+        conn._handle_text(f)
+    t1 = time.perf_counter()
+    prices, updates = PriceBook(), UpdateLog(cfg["WS_BACKLOG"])
+    dispatcher = Dispatcher(ingest, prices, updates, ClientHub(updates, prices, cfg), [], 0.005)
+    items = [ingest.get_nowait() for _ in range(ingest.qsize())]
+    t2 = time.perf_counter()
+    for i in range(0, len(items), 1000):
+        dispatcher._dispatch(items[i:i + 1000])
+    t3 = time.perf_counter()
+    n = len(frames)
+    return n / (t1 - t0), n / ((t1 - t0) + (t3 - t2))
+
+
+def fan_out(clients: list[int], seconds: float, repeats: int) -> list[dict]:
+    replay = start_replay(speed=REPLAY_SPEED, event_time="wall")
+    app = LiveApp(Path(tempfile.mkdtemp(prefix="bench-")), replay.url, BINANCE_SYMBOLS="BTCUSDT,ETHUSDT",
+                  WS_MAX_CLIENTS=max(clients) + 10, BACKFILL_INITIAL_CANDLES=0, LOG_LEVEL="WARNING")
+    rows = []
+    try:
+        app.start()
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            for interval in FAN_OUT_INTERVALS:
+                status, body = app.post(f"/symbol/{symbol}/subscribe?interval={interval}")
+                assert status == 200, body
+        time.sleep(2)
+        offered = app.get("/stats")[1]["messages_in_per_second"]
+        for mode, query in (("frame per update", ""), ("batch=50ms", "?batch=50ms")):
+            for n in clients:
+                runs = [wsload.run(app.ws_url + query, n, seconds) for _ in range(repeats)]
+                row = {"mode": mode, "clients": n, "offered_per_s": offered,
+                       "delivered_per_s": statistics.median(r["delivered_per_s"] for r in runs),
+                       "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                       "p99_ms": statistics.median(r["p99_ms"] for r in runs)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                time.sleep(1)  # let the server notice the departures
+        offered_now = app.get("/stats")[1]["messages_in_per_second"]
+        print(f"ingest from the replay during the run: {offered:.0f} -> {offered_now:.0f} msg/s", flush=True)
+    finally:
+        app.stop()
+        stop_replay(replay)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clients", default="1,100,500")
+    parser.add_argument("--ingest-messages", type=int, default=100_000)
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")
+
+    frames = recorded_frames(args.ingest_messages)
+    runs = [ingest_once(frames) for _ in range(args.repeats)]
+    print(f"ingest: parse {statistics.median(r[0] for r in runs):,.0f} msg/s; "
+          f"parse + dispatch {statistics.median(r[1] for r in runs):,.0f} msg/s "
+          f"(median of {args.repeats} x {args.ingest_messages:,} messages)")
+
+    rows = fan_out([int(c) for c in args.clients.split(",")], args.seconds, args.repeats)
+    print("\n| mode | clients | offered msg/s | delivered msg/s | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['clients']} | {r['offered_per_s']:,.0f} | {r['delivered_per_s']:,.0f} "
+              f"| {r['p50_ms']} | {r['p99_ms']} |")
+
+
+if __name__ == "__main__":
+    main()
