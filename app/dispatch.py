@@ -86,7 +86,7 @@ class Dispatcher:
                 pending_wake = True
             now = time.monotonic()
             if pending_wake and (stop or now - last_wake >= self.tick):
-                self.hub.wake_all()
+                self.hub.wake()
                 last_wake, pending_wake = now, False
             if stop:
                 return

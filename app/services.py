@@ -70,6 +70,7 @@ class Services:
     def start(self) -> None:
         self.started_at = time.time()
         self.storage.writer.start()
+        self.hub.start()
         self.dispatcher.start()
         self.backfill.start()
         self.feed.start()
@@ -83,6 +84,7 @@ class Services:
         self.feed.stop()
         self.backfill.stop()
         self.dispatcher.stop()
+        self.hub.stop()
         self.storage.writer.stop()
         log.info("services stopped")
 
@@ -136,7 +138,7 @@ class Services:
     def health(self) -> dict:
         feed_ok = self.feed.connected
         age = self.feed.seconds_since_last_message()
-        threads_ok = self.dispatcher.alive
+        threads_ok = self.dispatcher.alive and self.hub.alive
         if not threads_ok or (self.started_at and not feed_ok and self.uptime() > 30):
             status = "unhealthy"
         elif not feed_ok or (age is not None and age > self.config["FEED_SILENCE_TIMEOUT"] / 2):

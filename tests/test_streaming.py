@@ -211,3 +211,58 @@ def test_client_limit_closes_with_1013(replay_server, tmp_path):
             c.close()
     finally:
         app.stop()
+
+
+def _resume_url(base: str, epoch: str, last: dict) -> str:
+    return f"{base}&epoch={epoch}&last_seq=" + ",".join(f"{s}@{i}:{seq}" for (s, i), seq in last.items())
+
+
+def test_a_resuming_client_gets_exactly_what_it_missed(live_app):
+    url = live_app.ws_url + "?symbols=ETHUSDT@1m,BTCUSDT@5m"
+    first = Listener(url)
+    wait_until(lambda: len(by_stream(first.updates())) == 2, 10, message="both streams")
+    first.close()
+    epoch = first.messages[0]["epoch"]
+    seen = by_stream(first.updates())
+    last = {key: ups[-1]["seq"] for key, ups in seen.items()}
+    time.sleep(1)  # ten replayed minutes go by while it is away
+
+    again = Listener(_resume_url(url, epoch, last))
+    try:
+        wait_until(lambda: all(len(v) > 10 for v in by_stream(again.updates()).values())
+                   and len(by_stream(again.updates())) == 2, 10, message="resumed updates")
+    finally:
+        again.close()
+    assert not [m for m in again.messages if m["type"] in ("gap", "snapshot")]
+    for key, ups in by_stream(again.updates()).items():
+        seqs = [u["seq"] for u in ups]
+        assert seqs == list(range(last[key] + 1, last[key] + 1 + len(seqs))), key
+    assert live_app.get("/stats")[1]["clients"]["resumed"] >= 1
+
+
+def test_resume_says_which_updates_it_cannot_replay(replay_server, tmp_path):
+    from tests.harness import LiveApp
+    app = LiveApp(tmp_path, replay_server.url, BINANCE_SYMBOLS="ETHUSDT", WS_BACKLOG=20).start()
+    try:
+        url = app.ws_url + "?symbols=ETHUSDT@1m"
+        first = Listener(url)
+        wait_until(lambda: first.updates(), 10, message="an update")
+        first.close()
+        epoch, seq = first.messages[0]["epoch"], first.updates()[-1]["seq"]
+        time.sleep(1)  # ~40 updates: more than the server holds
+
+        late = Listener(_resume_url(url, epoch, {("ETHUSDT", "1m"): seq}))
+        restarted = Listener(_resume_url(url, "1", {("ETHUSDT", "1m"): seq}))
+        wait_until(lambda: late.updates() and restarted.updates(), 10, message="updates after the gaps")
+        late.close()
+        restarted.close()
+
+        gap = late.messages[0]
+        assert gap["type"] == "gap" and gap["reason"] == "history exceeded" and gap["stream"] == "ETHUSDT@1m"
+        assert gap["from_seq"] == seq + 1
+        assert late.updates()[0]["seq"] == gap["to_seq"] + 1  # the gap ends where the updates start
+        assert [m["type"] for m in restarted.messages[:2]] == ["gap", "snapshot"]
+        assert restarted.messages[0]["reason"] == "server restarted"
+        assert app.get("/stats")[1]["clients"]["resume_gaps"] == 2
+    finally:
+        app.stop()

@@ -1,7 +1,15 @@
 """HTTP and WebSocket endpoints. Handlers stay thin: they parse the request,
 call the services and shape the answer."""
+import threading
+
 from flask import jsonify
 from werkzeug.exceptions import HTTPException
+
+
+def _reader_thread(target):
+    """simple-websocket's per-connection reader. Daemon: one blocked on a
+    silent peer must not hold the process at exit."""
+    return threading.Thread(target=target, name="ws-reader", daemon=True)
 
 
 def init_app(app):
@@ -16,6 +24,7 @@ def init_app(app):
     app.config.setdefault("SOCK_SERVER_OPTIONS", {
         "ping_interval": app.config["WS_PING_INTERVAL"],
         "max_message_size": app.config["WS_MAX_MESSAGE_BYTES"],
+        "thread_class": _reader_thread,
     })
     stream.sock.init_app(app)
     app.register_blueprint(stream.bp)

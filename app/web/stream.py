@@ -2,7 +2,7 @@
 from flask import Blueprint, current_app, jsonify, request
 from flask_sock import Sock
 
-from ..clients import POLICY_VIOLATION, ClientError, ClientSession
+from ..clients import ClientSession
 
 bp = Blueprint("stream", __name__)
 sock = Sock()
@@ -21,10 +21,4 @@ def check_origin():
 
 @sock.route("/ws/price", bp=bp)
 def price_stream(ws):
-    hub = current_app.extensions["services"].hub
-    try:
-        session = ClientSession(hub, ws, request.args)
-    except (ClientError, ValueError) as exc:
-        ws.close(POLICY_VIOLATION, str(exc)[:120])
-        return
-    session.run()
+    ClientSession(current_app.extensions["services"].hub, ws, request.args).run()
