@@ -12,7 +12,8 @@ class RateCounter:
         self.total = 0
         self._lock = threading.Lock()
         self._window = window
-        self._samples: deque[tuple[float, int]] = deque()
+        # Counting starts now, so the very first read already has a base.
+        self._samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
 
     def add(self, n: int = 1) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,14 +51,22 @@ def config() -> dict:
 
 
 def recorded_frames(n: int) -> list[bytes]:
-    """n combined-stream kline frames, cycling through the recorded candles."""
+    """n combined-stream kline frames of the recorded candles. Past the end
+    of the recordings they start again, shifted by a day per round, so that
+    every frame is a new candle (the dispatcher drops stale updates)."""
+    recordings = load_recordings(ROOT / "data" / "klines")
     frames = []
-    for symbol, bars in load_recordings(ROOT / "data" / "klines").items():
-        stream = f"{symbol.lower()}@kline_1m"
-        for bar in bars:
-            event = kline_event(symbol, "1m", bar, True, bar.close_time + 1)
-            frames.append(encode_event(stream, event)[1].encode())
-    return (frames * (n // len(frames) + 1))[:n]
+    day = INTERVALS["1d"]
+    for shift in range(0, n * day, day):
+        for symbol, bars in recordings.items():
+            stream = f"{symbol.lower()}@kline_1m"
+            for bar in bars:
+                bar = replace(bar, open_time=bar.open_time + shift, close_time=bar.close_time + shift)
+                event = kline_event(symbol, "1m", bar, True, bar.close_time + 1)
+                frames.append(encode_event(stream, event)[1].encode())
+                if len(frames) == n:
+                    return frames
+    return frames
 
 
 def ingest_once(frames: list[bytes]) -> tuple[float, float]:
