@@ -137,11 +137,13 @@ class ClientHub:
             with self._lock:
                 sessions = list(self._sessions)
             now = time.monotonic()
-            shared: dict = {}
+            # One end of the log for the whole turn, so that clients at the
+            # same cursor read the same entries and can share their bytes.
+            turn = Turn(now, self.updates.next_seq)
             next_turn = float("inf")
             for s in sessions:
                 try:
-                    next_turn = min(next_turn, s.pump(now, shared))
+                    next_turn = min(next_turn, s.pump(turn))
                 except Exception:  # one broken session must not stop the others' updates
                     log.exception("fan-out to a client failed; disconnecting it")
                     s.abort()
@@ -164,6 +166,16 @@ class ClientHub:
             "frames_sent": self.frames_sent.total,
             "fanout_running": self.alive,
         }
+
+
+class Turn:
+    """One pass of the fan-out thread over every client."""
+    __slots__ = ("now", "upto", "shared")
+
+    def __init__(self, now: float, upto: int):
+        self.now = now
+        self.upto = upto      # log entries before this one are sent this turn
+        self.shared: dict = {}  # (mode, start) -> (bytes, messages, frames) for clients that follow everything
 
 
 class _SessionSocket:
@@ -214,7 +226,6 @@ class ClientSession:
         # fan-out thread only:
         self.pending = memoryview(b"")
         self.stalled_since: float | None = None
-        self.batch: list = []
         self.batch_due = 0.0
         self.dead = False
         self._tokens = self.hub.max_rate
@@ -396,9 +407,10 @@ class ClientSession:
             pass
 
     # -- the fan-out thread -----------------------------------------------------
-    def pump(self, now: float, shared: dict) -> float:
+    def pump(self, turn: Turn) -> float:
         """Send this client what it is owed, without blocking. Returns when
         it next needs a turn (inf: when there are new updates)."""
+        now = turn.now
         if not self.wlock.acquire(blocking=False):
             return now + self.hub.tick        # a closing flush is writing
         try:
@@ -415,14 +427,14 @@ class ClientSession:
                     return float("inf")
                 return now + self.hub.tick
             self._take_outbox()
-            data, messages, frames = self._owed(now, shared)
+            data, messages, frames = self._owed(turn)
             if data:
                 self.pending = memoryview(bytes(self.pending) + data) if self.pending else memoryview(data)
                 self.hub.messages_sent.add(messages)
                 self.hub.frames_sent.add(frames)
             if self.pending and not self._send_pending():
                 return now + self.hub.tick
-            return self.batch_due if self.batch else float("inf")
+            return self.batch_due if self.batch_interval and self.cursor < turn.upto else float("inf")
         finally:
             self.wlock.release()
 
@@ -449,36 +461,39 @@ class ClientSession:
         self.stalled_since = None
         return True
 
-    def _owed(self, now: float, shared: dict) -> tuple[bytes, int, int]:
+    def _owed(self, turn: Turn) -> tuple[bytes, int, int]:
         """(bytes, messages, frames) of the updates since this client's cursor."""
         with self.lock:
-            read = self.hub.updates.read(self.cursor, READ_LIMIT)
+            if self.batch_interval:
+                if self.cursor >= turn.upto:
+                    return b"", 0, 0
+                if turn.now < self.batch_due:
+                    return b"", 0, 0
+                # Batches end on multiples of the interval of one clock, so
+                # clients with the same interval flush in the same turn from
+                # the same cursor, and can share the frame.
+                self.batch_due = (turn.now // self.batch_interval + 1) * self.batch_interval
+            read = self.hub.updates.read(self.cursor, READ_LIMIT, turn.upto)
             if read is None:  # fell off the end of the shared log
                 self.hub.count("resynced")
-                self.cursor = self.hub.updates.next_seq
-                self.batch.clear()
+                self.cursor = turn.upto
                 return self._json_frame(self._snapshot_message("lagged")), 0, 1
             entries, end = read
             start, self.cursor = self.cursor, end
-            if not self.batch_interval:
-                # Clients that follow everything from the same cursor get the same bytes.
-                key = (start, end) if self.include is None and not self.exclude and not self._skip else None
-                if key in shared:
-                    return shared[key]
-                wanted = self._select(entries)
+            everything = self.include is None and not self.exclude and not self._skip
+            key = (self.batch_interval, start) if everything else None
+            if key in turn.shared:
+                return turn.shared[key]
+            wanted = entries if everything else self._select(entries)
+            if not wanted:
+                out = (b"", 0, 0)
+            elif self.batch_interval:
+                out = (text_frame(b"[" + b",".join(e.payload for e in wanted) + b"]"), len(wanted), 1)
+            else:
                 out = (b"".join(e.frame for e in wanted), len(wanted), len(wanted))
-                if key is not None:
-                    shared[key] = out
-                return out
-            if not self.batch:
-                self.batch_due = now + self.batch_interval
-            self.batch.extend(self._select(entries))
-            if not self.batch or now < self.batch_due:
-                return b"", 0, 0
-            payload = b"[" + b",".join(e.payload for e in self.batch) + b"]"
-            n = len(self.batch)
-            self.batch.clear()
-            return text_frame(payload), n, 1
+            if key is not None:
+                turn.shared[key] = out
+            return out
 
     def _select(self, entries) -> list:
         wanted = [e for e in entries if self._wanted(e.key)]

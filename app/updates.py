@@ -59,13 +59,14 @@ class UpdateLog:
                 self._ring[seq % self.capacity] = Entry(seq, key, sseq, payload, frame)
                 self._next = seq + 1
 
-    def read(self, cursor: int, limit: int = 10_000) -> tuple[list[Entry], int] | None:
-        """Entries from `cursor` on (at most `limit`) and the new cursor, or
-        None if entries at the cursor were already overwritten."""
+    def read(self, cursor: int, limit: int = 10_000, upto: int | None = None) -> tuple[list[Entry], int] | None:
+        """Entries from `cursor` on (at most `limit`, and before `upto`) and
+        the new cursor, or None if entries at the cursor were already
+        overwritten."""
         with self._lock:
             end = self._next
             if cursor < end - self.capacity:
                 return None
-            end = min(end, cursor + limit)
+            end = min(end, cursor + limit, end if upto is None else upto)
             ring, cap = self._ring, self.capacity
             return [ring[s % cap] for s in range(cursor, end)], end
