@@ -40,5 +40,9 @@ replay: install
 test: install-test
 	$(BIN)/python -m pytest
 
-bench: install
-	$(BIN)/python bench/run_all.py
+# Numbers for the README's Benchmarks section (several minutes; needs the
+# test dependencies: the storage bench starts the same database servers).
+bench: install-test
+	$(BIN)/python bench/fanout_bench.py
+	$(BIN)/python bench/fanout_bench.py --speed 1200 --ingest-messages 1000
+	$(BIN)/python bench/storage_bench.py

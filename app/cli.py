@@ -1,4 +1,5 @@
-"""Flask CLI commands (`flask --app wsgi:app --help` lists them)."""
+"""Flask CLI commands (`flask --help` lists them; .flaskenv names the app
+factory, so a command never starts the feed the way wsgi.py does)."""
 
 
 def init_app(app):
