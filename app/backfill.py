@@ -45,6 +45,7 @@ class Backfiller:
         self.ingest = ingest
         self.initial_candles = initial_candles   # history fetched for a stream we never stored
         self.gaps: deque[dict] = deque(maxlen=GAP_LOG)
+        self.gap_totals: dict[str, dict[str, int]] = {}   # stream -> gaps filled / failed, ever
         self.candles_fetched = 0
         self.requests = 0
         self.last_error = ""
@@ -159,11 +160,17 @@ class Backfiller:
             return body
 
     def _record(self, stream, first, count, filled, error=""):
-        self.gaps.append({"stream": stream, "at": int(time.time() * 1000), "from_open_time": first,
-                          "candles": count, "filled": filled, "error": error})
+        with self._lock:
+            self.gaps.append({"stream": stream, "at": int(time.time() * 1000), "from_open_time": first,
+                              "candles": count, "filled": filled, "error": error})
+            totals = self.gap_totals.setdefault(stream, {"filled": 0, "failed": 0})
+            totals["filled" if filled else "failed"] += 1
 
     def stats(self) -> dict:
+        with self._lock:
+            totals = {stream: dict(t) for stream, t in self.gap_totals.items()}
+            recent = list(self.gaps)[-20:]
         return {"pending": self.pending, "requests": self.requests, "candles_fetched": self.candles_fetched,
-                "gaps_filled": sum(1 for g in self.gaps if g["filled"]),
-                "gaps_failed": sum(1 for g in self.gaps if not g["filled"]),
-                "last_error": self.last_error, "recent_gaps": list(self.gaps)[-20:]}
+                "gaps_filled": sum(t["filled"] for t in totals.values()),
+                "gaps_failed": sum(t["failed"] for t in totals.values()),
+                "gaps_by_stream": totals, "last_error": self.last_error, "recent_gaps": recent}

@@ -53,6 +53,14 @@ class ServicesCollector(Collector):
                       clients["resynced_lagging"])
         yield counter("websocket_messages_sent", "Messages sent to WebSocket clients.", clients["messages_sent"])
         yield counter("websocket_frames_sent", "WebSocket frames sent (a batch is one frame).", clients["frames_sent"])
+        backfill = s["backfill"]
+        gaps = CounterMetricFamily(PREFIX + "backfill_gaps", "Gaps found after reconnects, by stream and result.",
+                                   labels=["stream", "result"])
+        for stream, totals in sorted(backfill["gaps_by_stream"].items()):
+            for result, n in sorted(totals.items()):
+                gaps.add_metric([stream, result], n)
+        yield gaps
+        yield counter("backfill_candles", "Closed candles fetched from Binance's REST API.", backfill["candles_fetched"])
         refusals = CounterMetricFamily(PREFIX + "requests_refused", "Requests refused, by reason.", labels=["reason"])
         for reason, n in sorted(s["refusals"].items()):
             refusals.add_metric([reason], n)

@@ -21,6 +21,7 @@ EXPECTED = {
     "pricestream_storage_failures": "counter",
     "pricestream_storage_spool_points": "gauge",
     "pricestream_storage_write_lag_seconds": "gauge",
+    "pricestream_backfill_gaps": "counter",
 }
 
 
@@ -55,7 +56,11 @@ def test_metrics_read_the_components_own_counters(app, client):
     services.hub.count("dropped_stuck")
     services.hub.frames_sent.add(7)
     services.count_refusal("origin")
+    for filled in (True, True, False):
+        services.backfill._record("btcusdt@kline_1m", 0, 3, filled)
     families = parse(client.get("/metrics").get_data(as_text=True))
+    assert value(families, "pricestream_backfill_gaps_total", stream="btcusdt@kline_1m", result="filled") == 2
+    assert value(families, "pricestream_backfill_gaps_total", stream="btcusdt@kline_1m", result="failed") == 1
     assert value(families, "pricestream_websocket_dropped_total") == 1
     assert value(families, "pricestream_websocket_frames_sent_total") == 7
     assert value(families, "pricestream_requests_refused_total", reason="origin") == 1
