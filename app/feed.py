@@ -40,7 +40,7 @@ class FeedConnection:
         self.name = f"feed-{number}"
         self.desired: set[str] = set()      # guarded by feed.lock
         self.active: set[str] = set()       # confirmed by Binance on this connection
-        self.inflight: dict[int, tuple[str, list[str]]] = {}
+        self.inflight: dict[int, tuple[str, list[str], float]] = {}   # id -> (method, params, sent at)
         self.errors: dict[str, str] = {}    # stream -> Binance's error for it
         self.ws: websocket.WebSocket | None = None
         self.connected = False
@@ -197,10 +197,19 @@ class FeedConnection:
     # -- control messages -----------------------------------------------------
     def _send_control(self) -> None:
         """Send at most one SUBSCRIBE or UNSUBSCRIBE, respecting the rate limit."""
-        if time.monotonic() - self._last_control < CONTROL_SPACING:
+        now = time.monotonic()
+        if now - self._last_control < CONTROL_SPACING:
             return
         with self.feed.lock:
-            pending = {s for _, params in self.inflight.values() for s in params}
+            # Binance answers at once. A reply that never came was lost, and a
+            # lost SUBSCRIBE reply would leave the stream unconfirmed, so never
+            # backfilled, while its data flows: ask again.
+            for req_id, (method, params, sent) in list(self.inflight.items()):
+                if now - sent > self.feed.silence_timeout:
+                    del self.inflight[req_id]
+                    log.warning("%s: no reply to %s (id %d) in %.0fs; asking again",
+                                self.name, method, req_id, now - sent)
+            pending = {s for _, params, _ in self.inflight.values() for s in params}
             add = sorted(self.desired - self.active - pending)
             remove = sorted(self.active - self.desired - pending)
             if add:
@@ -211,14 +220,14 @@ class FeedConnection:
                 return
             req_id = self._next_id
             self._next_id += 1
-            self.inflight[req_id] = (method, params)
+            self.inflight[req_id] = (method, params, now)
         self._last_control = time.monotonic()
         self.ws.send(json.dumps({"method": method, "params": params, "id": req_id}))
         log.debug("%s: %s %s (id %d)", self.name, method, params, req_id)
 
     def _handle_reply(self, msg: dict) -> None:
         with self.feed.lock:
-            method, params = self.inflight.pop(msg["id"], (None, []))
+            method, params, _ = self.inflight.pop(msg["id"], (None, [], 0.0))
             if method is None:
                 self.unexpected += 1
                 return
