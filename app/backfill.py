@@ -21,6 +21,7 @@ from collections import deque
 
 from .candles import INTERVALS, Candle, parse_stream_name
 from .exchange import BinanceRest, ExchangeUnavailable
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ def kline_row_to_candle(symbol: str, interval: str, row: list) -> Candle:
                   closed=True, event_time=int(row[6]) + 1)
 
 
-class Backfiller:
+class Backfiller(Worker):
     def __init__(self, rest: BinanceRest, store, ingest: queue.Queue, initial_candles: int):
+        super().__init__("backfill")
         self.rest = rest
         self.store = store
         self.ingest = ingest
@@ -51,23 +53,7 @@ class Backfiller:
         self.last_error = ""
         self._todo: list[str] = []
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
         self._banned_until = 0.0
-        self._thread = threading.Thread(target=self._run, name="backfill", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def request(self, streams) -> None:
         """Check these streams for gaps soon (called from feed threads and REST)."""

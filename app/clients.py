@@ -35,6 +35,7 @@ from .client_protocol import (ClientError, label, parse_batch, parse_message, pa
 from .prices import PriceBook
 from .rates import RateCounter
 from .updates import UpdateLog, text_frame
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ FLUSH_TIMEOUT = 2.0         # how long a closing session may take to send its la
 CLOSE_REPLY_TIMEOUT = 1.0   # how long we wait for the client to answer our close frame
 
 
-class ClientHub:
+class ClientHub(Worker):
+    """The clients, and the fan-out thread that writes to them."""
+
     def __init__(self, updates: UpdateLog, prices: PriceBook, config):
+        super().__init__("ws-fanout")
         self.updates = updates
         self.prices = prices
         self.max_clients = config["WS_MAX_CLIENTS"]
@@ -64,9 +68,6 @@ class ClientHub:
         self.shutting_down = False
         self._lock = threading.Lock()
         self._sessions: set["ClientSession"] = set()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ws-fanout", daemon=True)
         self.messages_sent = RateCounter()
         self.frames_sent = RateCounter()
         self.connected_total = 0
@@ -76,20 +77,6 @@ class ClientHub:
         self.refused_messages = 0
         self.resumed = 0
         self.gaps = 0
-
-    # -- lifecycle -----------------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def close_all(self, timeout: float = 5.0) -> None:
         """Tell every client we are going away (1001) and wait for them:
@@ -118,11 +105,6 @@ class ClientHub:
     def clients(self) -> int:
         with self._lock:
             return len(self._sessions)
-
-    def wake(self) -> None:
-        """New updates in the log (the dispatcher, once per tick) or a
-        session has something to send."""
-        self._wake.set()
 
     def count(self, counter: str) -> None:
         with self._lock:

@@ -374,7 +374,7 @@ def test_stop_ends_every_replay_thread():
 def test_subprocess_helper_serves_and_stops():
     server = start_replay(speed=600, symbols=["ETHUSDT"], updates=2)
     try:
-        proc, url = server.proc, server.url
+        url = server.url
         ws = websocket.create_connection(server.ws_url + "/stream", timeout=5)
         assert request(ws, "SUBSCRIBE", ["ethusdt@kline_1m"]) == {"result": None, "id": 1}
         data = frames(ws, finals(1))[-1]["data"]

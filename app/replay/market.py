@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from pathlib import Path
 
 from app.candles import parse_stream_name
+from app.worker import Worker
 
 from .hub import Hub
 from .tape import ReplayClock, Tape
@@ -55,30 +55,16 @@ class Market:
         return min(self.clock.now(s) for s in self.tapes)
 
 
-class Player:
+class Player(Worker):
     """The clock thread. At each due step of each symbol it builds the frame
     of every followed stream of that symbol once and hands it to the hub."""
 
     def __init__(self, market: Market, hub: Hub):
+        super().__init__("replay-clock")
         self.market = market
         self.hub = hub
         self.cursors = {s: tape.position(market.now(s)) for s, tape in market.tapes.items()}
         self._warned: set[str] = set()
-        self._stopping = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="replay-clock", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
