@@ -153,6 +153,7 @@ def analyze(store, symbol: str, interval: str, window=None) -> dict:
 
 
 def top_movers(store, interval: str, window=None) -> dict:
+    parse_window(window, interval)  # a bad window is an error even with nothing stored
     summaries = {s: summarize(window_candles(store, s, interval, window), interval)
                  for s in store.symbols(interval)}
     return {"interval": interval, "window": str(window or DEFAULT_WINDOW),

@@ -167,7 +167,7 @@ def test_history_endpoint(filled):
     assert len(client.get("/history/BTCUSDT?limit=100000").json["candles"]) == 1440  # capped at 5000
     assert client.get("/history/DOGEUSDT").json["candles"] == []
     for bad in ("?interval=7m", "?start=yesterday", "?limit=x", "?limit=0",
-                "?start=1577837520000&end=1577836800000"):
+                "?start=1577837520000&end=1577836800000", "?end=" + "9" * 25, "?start=-5"):
         r = client.get("/history/BTCUSDT" + bad)
         assert r.status_code == 400 and r.json["error"] == "Bad Request" and r.json["message"], bad
     assert client.get("/history/B$").status_code == 400
@@ -180,6 +180,7 @@ def test_analysis_endpoints(filled):
     r = client.get("/analysis?interval=1m&window=24h")
     assert {m["symbol"] for m in r.json["movers"]} == {"BTCUSDT", "ETHUSDT"}
     assert client.get("/analysis/BTCUSDT?window=forever").status_code == 400
+    assert client.get("/analysis?window=0").status_code == 400
     assert client.get("/analysis/DOGEUSDT").json["count"] == 0
 
 

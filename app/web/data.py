@@ -11,6 +11,7 @@ bp = Blueprint("data", __name__)
 
 HISTORY_LIMIT = 500
 HISTORY_MAX = 5000
+MAX_TIME_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp() * 1000)
 
 
 class BadRequest(ValueError):
@@ -26,16 +27,20 @@ def parse_time(name: str) -> int | None:
     text = request.args.get(name, "").strip()
     if not text:
         return None
-    if text.isdigit():
-        return int(text)
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequest(f"invalid {name} {text!r}: use epoch milliseconds or ISO-8601, "
-                         f"e.g. 2020-01-01T00:00:00Z") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return int(t.timestamp() * 1000)
+    if text.isascii() and text.isdigit():
+        ms = int(text)
+    else:
+        try:
+            t = datetime.fromisoformat(text)
+        except ValueError:
+            raise BadRequest(f"invalid {name} {text!r}: use epoch milliseconds or ISO-8601, "
+                             f"e.g. 2020-01-01T00:00:00Z") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        ms = int(t.timestamp() * 1000)
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise BadRequest(f"{name} {text!r} is out of range: from 1970 to 9999")
+    return ms
 
 
 def stream_args(symbol: str | None = None) -> tuple[str | None, str]:
