@@ -21,6 +21,7 @@ from collections import deque
 
 from .candles import INTERVALS, Candle, parse_stream_name
 from .exchange import BinanceRest, ExchangeUnavailable
+from .storage.errors import StorageError
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ PAGE = 1000                 # Binance's maximum klines per request
 WEIGHT_LIMIT = 6000         # Binance spot's request weight per minute
 WEIGHT_PAUSE_AT = 0.8       # pause when this share of the budget is used
 GAP_LOG = 200               # gap records kept for /stats
+RETRY_INITIAL = 1.0         # seconds before a stream whose backfill failed is tried again,
+RETRY_MAX = 60.0            # doubling with each failure up to this
 
 
 def kline_row_to_candle(symbol: str, interval: str, row: list) -> Candle:
@@ -52,6 +55,7 @@ class Backfiller(Worker):
         self.requests = 0
         self.last_error = ""
         self._todo: list[str] = []
+        self._retry: dict[str, tuple[float, float]] = {}   # failed stream -> (when to retry, delay)
         self._lock = threading.Lock()
         self._banned_until = 0.0
 
@@ -68,8 +72,9 @@ class Backfiller(Worker):
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait()
+            self._wake.wait(self._next_retry_in())
             self._wake.clear()
+            self._requeue_due()
             while not self._stopping.is_set():
                 with self._lock:
                     if not self._todo:
@@ -77,12 +82,35 @@ class Backfiller(Worker):
                     stream = self._todo.pop(0)
                 try:
                     self._fill(stream)
-                except ExchangeUnavailable as exc:
+                except (ExchangeUnavailable, StorageError) as exc:
+                    # Nothing else would ask again until the next reconnect: the
+                    # gap would stay open if Binance or the store was briefly away.
                     self.last_error = str(exc)
-                    log.warning("backfill of %s failed: %s", stream, exc)
+                    delay = self._retry_later(stream)
+                    log.warning("backfill of %s failed, trying again in %.0fs: %s", stream, delay, exc)
                     self._record(stream, None, 0, filled=False, error=str(exc))
-                except Exception:
+                    continue
+                except Exception:  # a bug: retrying would only repeat it
                     log.exception("backfill of %s failed", stream)
+                with self._lock:
+                    self._retry.pop(stream, None)
+
+    def _retry_later(self, stream: str) -> float:
+        with self._lock:
+            _, delay = self._retry.get(stream, (0.0, RETRY_INITIAL / 2))
+            delay = min(RETRY_MAX, delay * 2)
+            self._retry[stream] = (time.monotonic() + delay, delay)
+        return delay
+
+    def _next_retry_in(self) -> float | None:
+        with self._lock:
+            due = min((when for when, _ in self._retry.values()), default=None)
+        return None if due is None else max(0.0, due - time.monotonic())
+
+    def _requeue_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._todo.extend(s for s, (when, _) in self._retry.items() if when <= now and s not in self._todo)
 
     def _fill(self, stream: str) -> None:
         """Fetch the closed candles after the last stored one. Binance always
