@@ -42,6 +42,16 @@ def kline_row_to_candle(symbol: str, interval: str, row: list) -> Candle:
                   closed=True, event_time=int(row[6]) + 1)
 
 
+def newest_before_hole(open_times: list[int], interval: str) -> int:
+    """The newest of these sorted open times that every older one leads up
+    to without a hole: where a backfill starts looking."""
+    longest = 31 * INTERVALS["1d"] if interval == "1M" else INTERVALS[interval]  # months vary
+    for older, newer in zip(open_times, open_times[1:]):
+        if newer - older > longest:
+            return older
+    return open_times[-1]
+
+
 class Backfiller(Worker):
     def __init__(self, rest: BinanceRest, store, ingest: queue.Queue, initial_candles: int):
         super().__init__("backfill")
@@ -113,14 +123,19 @@ class Backfiller(Worker):
             self._todo.extend(s for s, (when, _) in self._retry.items() if when <= now and s not in self._todo)
 
     def _fill(self, stream: str) -> None:
-        """Fetch the closed candles after the last stored one. Binance always
+        """Fetch the closed candles missing after the first hole among the
+        recently stored ones. Not simply after the newest stored one: a
+        backfill that runs late (a retry, a long queue after a restart) finds
+        live candles from after the gap stored already. Binance always
         returns the candle that is still open as the last row, so a row is
         known closed once a later row exists; the newest row is left to the
         live stream (no server clock needed: the replay exchange has one per
         symbol, and a clock skew must not turn an open candle into a closed one)."""
         symbol, interval = parse_stream_name(stream)
         step = INTERVALS[interval]
-        last = self.store.last_closed(symbol, interval)
+        stored = sorted(c.open_time for c in self.store.history(symbol, interval, limit=PAGE) if c.closed)
+        last = newest_before_hole(stored, interval) if stored else self.store.last_closed(symbol, interval)
+        known = set(stored)
         if last is None:
             if not self.initial_candles:
                 return
@@ -132,11 +147,12 @@ class Backfiller(Worker):
         while not self._stopping.is_set():
             rows = self._get("/api/v3/klines", symbol=symbol, interval=interval, **params)
             closed = ([held] if held is not None and rows else []) + rows[:-1]
-            for row in closed:
+            missing = [row for row in closed if int(row[0]) not in known]
+            for row in missing:
                 self.ingest.put((kline_row_to_candle(symbol, interval, row), "backfill"))
-            got += len(closed)
-            if closed and first is None:
-                first = int(closed[0][0])
+            got += len(missing)
+            if missing and first is None:
+                first = int(missing[0][0])
             if not rows:
                 break
             held = rows[-1]
