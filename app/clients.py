@@ -45,7 +45,9 @@ TRY_AGAIN_LATER = 1013
 # Kernel send buffer per client: bounds kernel memory per connection and
 # lets a client that stopped reading be noticed in seconds, not megabytes.
 SEND_BUFFER_BYTES = 256 * 1024
-READ_LIMIT = 20_000         # log entries handed to one client per turn
+# Log entries handed to one client per turn (~400 kB): what one client may
+# hold in memory beyond its kernel buffer, and still 200k updates/s at a 5 ms tick.
+READ_LIMIT = 1000
 FLUSH_TIMEOUT = 2.0         # how long a closing session may take to send its last frames
 CLOSE_REPLY_TIMEOUT = 1.0   # how long we wait for the client to answer our close frame
 
@@ -451,10 +453,6 @@ class ClientSession:
                     return b"", 0, 0
                 if turn.now < self.batch_due:
                     return b"", 0, 0
-                # Batches end on multiples of the interval of one clock, so
-                # clients with the same interval flush in the same turn from
-                # the same cursor, and can share the frame.
-                self.batch_due = (turn.now // self.batch_interval + 1) * self.batch_interval
             read = self.hub.updates.read(self.cursor, READ_LIMIT, turn.upto)
             if read is None:  # fell off the end of the shared log
                 self.hub.count("resynced")
@@ -462,6 +460,12 @@ class ClientSession:
                 return self._json_frame(self._snapshot_message("lagged")), 0, 1
             entries, end = read
             start, self.cursor = self.cursor, end
+            if self.batch_interval and end >= turn.upto:
+                # Batches end on multiples of the interval of one clock, so
+                # clients with the same interval flush in the same turn from
+                # the same cursor, and can share the frame. Until a client has
+                # caught up, its batch stays due.
+                self.batch_due = (turn.now // self.batch_interval + 1) * self.batch_interval
             everything = self.include is None and not self.exclude and not self._skip
             key = (self.batch_interval, start) if everything else None
             if key in turn.shared:
