@@ -48,3 +48,11 @@ def post_worker_init(worker):
         threading.Thread(target=services.stop, name="shutdown").start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def on_starting(server):
+    # The fan-out writes each client's plain socket without blocking, which
+    # a TLS socket does not allow: refuse at once rather than fail per client.
+    if server.cfg.is_ssl:
+        server.log.error("gunicorn's TLS is not supported: terminate TLS in a reverse proxy (README, Deploying)")
+        raise SystemExit(1)

@@ -21,11 +21,13 @@ entries after them are not read for it) and is disconnected after
 WS_SEND_TIMEOUT; one whose cursor falls off the shared log gets a fresh
 snapshot instead of the updates it can no longer have.
 """
+import itertools
 import logging
 import select
 import socket
 import threading
 import time
+from collections import deque
 
 from simple_websocket import ConnectionClosed
 
@@ -48,6 +50,7 @@ SEND_BUFFER_BYTES = 256 * 1024
 # Log entries handed to one client per turn (~400 kB): what one client may
 # hold in memory beyond its kernel buffer, and still 200k updates/s at a 5 ms tick.
 READ_LIMIT = 1000
+SEND_CHUNKS = 64            # buffers per sendmsg (the kernel takes up to 1024)
 FLUSH_TIMEOUT = 2.0         # how long a closing session may take to send its last frames
 CLOSE_REPLY_TIMEOUT = 1.0   # how long we wait for the client to answer our close frame
 
@@ -159,7 +162,9 @@ class Turn:
     def __init__(self, now: float, upto: int):
         self.now = now
         self.upto = upto      # log entries before this one are sent this turn
-        self.shared: dict = {}  # (mode, start) -> (bytes, messages, frames) for clients that follow everything
+        # (batch interval, cursor) -> ((bytes, messages, frames), new cursor),
+        # for the clients that follow every stream
+        self.shared: dict = {}
 
 
 class _SessionSocket:
@@ -208,7 +213,9 @@ class ClientSession:
         self._skip: dict[tuple[str, str], int] = {}   # resume: stream -> last seq the client has
         self._skip_until = 0                           # ...for log entries before this one
         # fan-out thread only:
-        self.pending = memoryview(b"")
+        # Unsent bytes, as the chunks they came in: shared frames are sent
+        # from the one copy every client holds, never joined per client.
+        self.pending: deque[memoryview] = deque()
         self.stalled_since: float | None = None
         self.batch_due = 0.0
         self.dead = False
@@ -413,7 +420,7 @@ class ClientSession:
             self._take_outbox()
             data, messages, frames = self._owed(turn)
             if data:
-                self.pending = memoryview(bytes(self.pending) + data) if self.pending else memoryview(data)
+                self.pending.append(memoryview(data))
                 self.hub.messages_sent.add(messages)
                 self.hub.frames_sent.add(frames)
             if self.pending and not self._send_pending():
@@ -427,20 +434,25 @@ class ClientSession:
             if not self.outbox:
                 return
             chunks, self.outbox = self.outbox, []
-        self.pending = memoryview(b"".join([bytes(self.pending)] + chunks))
+        self.pending.extend(memoryview(c) for c in chunks if c)
 
     def _send_pending(self) -> bool | None:
         """True: all sent; False: the socket is full; None: the connection is gone."""
+        pending = self.pending
         try:
-            while self.pending:
-                self.pending = self.pending[self.raw.send(self.pending, socket.MSG_DONTWAIT):]
+            while pending:
+                sent = self.raw.sendmsg(list(itertools.islice(pending, SEND_CHUNKS)), (), socket.MSG_DONTWAIT)
+                while sent and sent >= len(pending[0]):
+                    sent -= len(pending.popleft())
+                if sent:
+                    pending[0] = pending[0][sent:]
         except BlockingIOError:
             if self.stalled_since is None:
                 self.stalled_since = time.monotonic()
             return False
         except OSError:
             self.dead = True
-            self.pending = memoryview(b"")
+            pending.clear()
             return None
         self.stalled_since = None
         return True
@@ -448,44 +460,44 @@ class ClientSession:
     def _owed(self, turn: Turn) -> tuple[bytes, int, int]:
         """(bytes, messages, frames) of the updates since this client's cursor."""
         with self.lock:
-            if self.batch_interval:
-                if self.cursor >= turn.upto:
-                    return b"", 0, 0
-                if turn.now < self.batch_due:
-                    return b"", 0, 0
-            read = self.hub.updates.read(self.cursor, READ_LIMIT, turn.upto)
-            if read is None:  # fell off the end of the shared log
-                self.hub.count("resynced")
-                self.cursor = turn.upto
-                return self._json_frame(self._snapshot_message("lagged")), 0, 1
-            entries, end = read
-            start, self.cursor = self.cursor, end
+            if self.batch_interval and (self.cursor >= turn.upto or turn.now < self.batch_due):
+                return b"", 0, 0
+            # Clients that follow everything from the same cursor get the same bytes.
+            everything = self.include is None and not self.exclude and not self._skip
+            key = (self.batch_interval, self.cursor) if everything else None
+            if key in turn.shared:
+                out, end = turn.shared[key]
+            else:
+                read = self.hub.updates.read(self.cursor, READ_LIMIT, turn.upto)
+                if read is None:  # fell off the end of the shared log
+                    self.hub.count("resynced")
+                    self.cursor = turn.upto
+                    return self._json_frame(self._snapshot_message("lagged")), 0, 1
+                entries, end = read
+                out = self._encode(entries if everything else self._select(entries, end))
+                if key is not None:
+                    turn.shared[key] = out, end
+            self.cursor = end
             if self.batch_interval and end >= turn.upto:
                 # Batches end on multiples of the interval of one clock, so
                 # clients with the same interval flush in the same turn from
                 # the same cursor, and can share the frame. Until a client has
                 # caught up, its batch stays due.
                 self.batch_due = (turn.now // self.batch_interval + 1) * self.batch_interval
-            everything = self.include is None and not self.exclude and not self._skip
-            key = (self.batch_interval, start) if everything else None
-            if key in turn.shared:
-                return turn.shared[key]
-            wanted = entries if everything else self._select(entries)
-            if not wanted:
-                out = (b"", 0, 0)
-            elif self.batch_interval:
-                out = (text_frame(b"[" + b",".join(e.payload for e in wanted) + b"]"), len(wanted), 1)
-            else:
-                out = (b"".join(e.frame for e in wanted), len(wanted), len(wanted))
-            if key is not None:
-                turn.shared[key] = out
             return out
 
-    def _select(self, entries) -> list:
+    def _encode(self, entries) -> tuple[bytes, int, int]:
+        if not entries:
+            return b"", 0, 0
+        if self.batch_interval:
+            return text_frame(b"[" + b",".join(e.payload for e in entries) + b"]"), len(entries), 1
+        return b"".join(e.frame for e in entries), len(entries), len(entries)
+
+    def _select(self, entries, end: int) -> list:
         wanted = [e for e in entries if self._wanted(e.key)]
         if self._skip:
             wanted = [e for e in wanted if e.stream_seq > self._skip.get(e.key, 0)]
-            if self.cursor >= self._skip_until:  # past the resume point: nothing more to skip
+            if end >= self._skip_until:  # past the resume point: nothing more to skip
                 self._skip = {}
         return wanted
 

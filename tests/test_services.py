@@ -1,10 +1,12 @@
 """The background services in process: every thread they start has a name
 and ends when they stop."""
+import subprocess
+import sys
 import threading
 import time
 
 from app import create_app
-from tests.harness import wait_until
+from tests.harness import ROOT, wait_until
 
 NAMES = ("feed-", "dispatcher", "backfill", "ws-fanout", "storage-writer")
 
@@ -28,3 +30,14 @@ def test_stop_ends_every_service_thread(replay_server, tmp_path):
         services.stop()
     wait_until(lambda: not ours(), 5, message="service threads to end")
     assert time.monotonic() - t0 < 10
+
+
+def test_gunicorn_tls_is_refused_at_start(tmp_path):
+    """The fan-out needs plain sockets; TLS belongs in a reverse proxy."""
+    pem = tmp_path / "x.pem"
+    pem.write_text("")
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--certfile", str(pem),
+                             "--keyfile", str(pem), "-b", "127.0.0.1:0", "wsgi:app"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "terminate TLS in a reverse proxy" in result.stderr
