@@ -103,5 +103,33 @@ class LiveApp:
         self._log.close()
         return self.proc.returncode
 
+    def worker_pid(self) -> int:
+        """The gunicorn worker: the one process that serves and runs the feed."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        assert len(children) == 1, f"gunicorn has workers {children}"
+        return int(children[0])
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the master first, so it cannot fork a new
+        worker, then to the worker; no shutdown code runs in either."""
+        worker = self.worker_pid()
+        self.proc.kill()
+        os.kill(worker, signal.SIGKILL)
+        self.proc.wait()
+        wait_until(lambda: _exited(worker), 10, message=f"worker {worker} to die")
+        self._log.close()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def _exited(pid: int) -> bool:
+    """Every thread of the process has exited, and with the last one its
+    files and locks are released. The leader alone may stay a zombie: an
+    orphaned worker is init's to reap, not ours."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return threads == [str(pid)] and "\nState:\tZ" in status
