@@ -7,7 +7,10 @@ from app import create_app
 from tests.harness import LiveApp, free_port
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: at 600x each recording lasts 144 s, and a
+# session-wide exchange ran out of candles when slower modules (the fault
+# suite) ran between its first and last users.
+@pytest.fixture(scope="module")
 def replay_server():
     """The replay exchange at 600x: a 1m candle every 0.1 s."""
     from tests.replay_helpers import start_replay, stop_replay
@@ -16,7 +19,7 @@ def replay_server():
     stop_replay(server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_app(replay_server, tmp_path_factory):
     """The app under gunicorn following three streams of the replay."""
     app = LiveApp(tmp_path_factory.mktemp("live"), replay_server.url,
