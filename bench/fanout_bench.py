@@ -16,6 +16,7 @@ Everything runs on this machine: the load generator and the replay exchange
 take CPU from the server, so the numbers are a floor for the server alone.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -88,11 +89,48 @@ def ingest_once(frames: list[bytes]) -> tuple[float, float]:
     return n / (t1 - t0), n / ((t1 - t0) + (t3 - t2))
 
 
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
+
+
+def median_or_none(values):
+    """A run in which no client got an update has no latency."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def fan_out(clients: list[int], seconds: float, repeats: int, speed: float) -> list[dict]:
+    rows = []
+    for mode, query in (("frame per update", ""), ("batch=50ms", "?batch=50ms")):
+        for n in clients:
+            # A fresh exchange and server per row: the recordings are one day
+            # long (72 s at 1200x), and no row inherits another's backlog.
+            with serving(speed, n) as app:
+                runs = [wsload.run(app.ws_url + query, n, seconds) for _ in range(repeats)]
+                stats = app.get("/stats")[1]
+                rss_mb = peak_rss_mb(app.worker_pid())
+            row = {"mode": mode, "clients": n,
+                   # the server's ingest rate over the last 10 s, i.e. during the runs
+                   "offered_per_s": stats["messages_in_per_second"],
+                   "delivered_per_s": statistics.median(r["delivered_per_s"] for r in runs),
+                   "p50_ms": median_or_none(r["p50_ms"] for r in runs),
+                   "p99_ms": median_or_none(r["p99_ms"] for r in runs),
+                   # clients the server gave up on: what saturation looks like
+                   "dropped": stats["clients"]["dropped_slow"],
+                   "resynced": stats["clients"]["resynced_lagging"],
+                   "worker_peak_rss_mb": rss_mb}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+@contextlib.contextmanager
+def serving(speed: float, clients: int):
+    """The replay exchange and the app under gunicorn following 30 streams."""
     replay = start_replay(speed=speed, event_time="wall")
     app = LiveApp(Path(tempfile.mkdtemp(prefix="bench-")), replay.url, BINANCE_SYMBOLS="BTCUSDT,ETHUSDT",
-                  WS_MAX_CLIENTS=max(clients) + 10, BACKFILL_INITIAL_CANDLES=0, LOG_LEVEL="WARNING")
-    rows = []
+                  WS_MAX_CLIENTS=clients + 10, BACKFILL_INITIAL_CANDLES=0, LOG_LEVEL="WARNING")
     try:
         app.start()
         for symbol in ("BTCUSDT", "ETHUSDT"):
@@ -100,22 +138,10 @@ def fan_out(clients: list[int], seconds: float, repeats: int, speed: float) -> l
                 status, body = app.post(f"/symbol/{symbol}/subscribe?interval={interval}")
                 assert status == 200, body
         time.sleep(2)
-        for mode, query in (("frame per update", ""), ("batch=50ms", "?batch=50ms")):
-            for n in clients:
-                runs = [wsload.run(app.ws_url + query, n, seconds) for _ in range(repeats)]
-                # the server's ingest rate over the last 10 s, i.e. during the runs
-                offered = app.get("/stats")[1]["messages_in_per_second"]
-                row = {"mode": mode, "clients": n, "offered_per_s": offered,
-                       "delivered_per_s": statistics.median(r["delivered_per_s"] for r in runs),
-                       "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-                       "p99_ms": statistics.median(r["p99_ms"] for r in runs)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                time.sleep(1)  # let the server notice the departures
+        yield app
     finally:
         app.stop()
         stop_replay(replay)
-    return rows
 
 
 def main():
@@ -137,11 +163,11 @@ def main():
           f"(median of {args.repeats} x {args.ingest_messages:,} messages)")
 
     rows = fan_out([int(c) for c in args.clients.split(",")], args.seconds, args.repeats, args.speed)
-    print("\n| mode | clients | offered msg/s | delivered msg/s | p50 ms | p99 ms |")
-    print("|---|---|---|---|---|---|")
+    print("\n| mode | clients | offered msg/s | delivered msg/s | p50 ms | p99 ms | dropped | resynced | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['clients']} | {r['offered_per_s']:,.0f} | {r['delivered_per_s']:,.0f} "
-              f"| {r['p50_ms']} | {r['p99_ms']} |")
+              f"| {r['p50_ms']} | {r['p99_ms']} | {r['dropped']} | {r['resynced']} | {r['worker_peak_rss_mb']} |")
 
 
 if __name__ == "__main__":
