@@ -137,9 +137,12 @@ class Services:
 
     def health(self) -> dict:
         feed_ok = self.feed.connected
+        streams = self.feed.streams()
         age = self.feed.seconds_since_last_message()
         threads_ok = self.dispatcher.alive and self.hub.alive
-        if not threads_ok or (self.started_at and not feed_ok and self.uptime() > 30):
+        # With no streams there is no connection to have: the server works
+        # and has nothing to follow, which is worth a look, not a restart.
+        if not threads_ok or (streams and self.started_at and not feed_ok and self.uptime() > 30):
             status = "unhealthy"
         elif not feed_ok or (age is not None and age > self.config["FEED_SILENCE_TIMEOUT"] / 2):
             status = "degraded"
@@ -153,7 +156,7 @@ class Services:
             "dispatcher_running": threads_ok,
             "active_websocket_connections": self.hub.clients,
             "subscribed_symbols": sorted({s["symbol"] for s in self.subscriptions()}),
-            "subscribed_streams": self.feed.streams(),
+            "subscribed_streams": streams,
             "storage": self.storage.writer.stats(),
             "uptime_seconds": self.uptime(),
         }

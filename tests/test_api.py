@@ -11,6 +11,21 @@ def test_health_keeps_the_seed_keys_and_says_why(client):
     assert body["subscribed_symbols"] == ["BTCUSDT", "ETHUSDT"]
 
 
+def test_health_with_nothing_to_follow_is_degraded_not_unhealthy(replay_server, tmp_path):
+    from app import create_app
+    app = create_app(TESTING=True, BINANCE_WS_URL=replay_server.ws_url, BINANCE_REST_URL=replay_server.url,
+                     BINANCE_SYMBOLS=[], SQLITE_PATH=str(tmp_path / "c.sqlite3"), SPOOL_DIR=str(tmp_path / "spool"))
+    services = app.extensions["services"]
+    services.start()
+    try:
+        services.started_at -= 60  # past the start-up grace
+        resp = app.test_client().get("/health")
+        assert resp.status_code == 200 and resp.get_json()["status"] == "degraded"
+        assert resp.get_json()["subscribed_streams"] == []
+    finally:
+        services.stop()
+
+
 def test_config_never_shows_secrets(tmp_path):
     from app import create_app
     app = create_app(INFLUXDB_TOKEN="s3cret-token", API_KEY="s3cret-key",
