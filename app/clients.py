@@ -99,7 +99,7 @@ class ClientHub(Worker):
                 return False
             self._sessions.add(session)
             self.connected_total += 1
-        self._wake.set()
+        self.wake()
         return True
 
     def unregister(self, session: "ClientSession") -> None:
@@ -425,7 +425,9 @@ class ClientSession:
                 self.hub.frames_sent.add(frames)
             if self.pending and not self._send_pending():
                 return now + self.hub.tick
-            return self.batch_due if self.batch_interval and self.cursor < turn.upto else float("inf")
+            if self.cursor < turn.upto:  # more is owed: cut short by READ_LIMIT, or a batch not yet due
+                return self.batch_due if self.batch_interval else now
+            return float("inf")
         finally:
             self.wlock.release()
 
