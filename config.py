@@ -62,6 +62,11 @@ class Config:
     WS_PING_INTERVAL = _float("WS_PING_INTERVAL", 25.0)
     WS_MAX_STREAMS_PER_CLIENT = _int("WS_MAX_STREAMS_PER_CLIENT", 256)
     WS_MAX_MESSAGES_PER_SECOND = _float("WS_MAX_MESSAGES_PER_SECOND", 10.0)
+    # One host must not take every client slot.
+    WS_MAX_CLIENTS_PER_IP = _int("WS_MAX_CLIENTS_PER_IP", 50)
+    # Bytes queued for a client beyond the update log (replies, pongs,
+    # snapshots) while it does not read; past it the client is closed (1008).
+    WS_MAX_OUTPUT_BYTES = _int("WS_MAX_OUTPUT_BYTES", 1024 * 1024)
     # Browsers send Origin on WebSocket upgrades; empty means any origin.
     WS_ALLOWED_ORIGINS = _list("WS_ALLOWED_ORIGINS")
 
