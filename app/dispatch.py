@@ -43,8 +43,13 @@ class Dispatcher:
     def stop(self, timeout: float = 5.0) -> None:
         """Process everything already queued, then stop."""
         if self._thread and self._thread.is_alive():
-            self.ingest.put(_STOP)
-            self._thread.join(timeout)
+            deadline = time.monotonic() + timeout
+            try:  # a full queue behind a stuck dispatcher must not hold up the shutdown
+                self.ingest.put(_STOP, timeout=timeout)
+            except queue.Full:
+                log.error("dispatcher did not take the stop within %.1fs", timeout)
+                return
+            self._thread.join(max(0.0, deadline - time.monotonic()))
 
     def forget(self, key: tuple[str, str]) -> None:
         """Drop a stream from the price book once the updates already queued
@@ -98,12 +103,14 @@ class Dispatcher:
             if source == _FORGET:
                 self.prices.forget(candle)
                 continue
-            for sink in self.sinks:
-                sink.submit(candle, source)
             seq = self.prices.update(candle, backfill=source == "backfill")
             if seq is None:
+                # Not stored either: the writer may have written the newer
+                # state already, and this one would overwrite it.
                 self.stale += 1
                 continue
+            for sink in self.sinks:
+                sink.submit(candle, source)
             data = candle.to_dict()
             data["seq"] = seq
             data["source"] = source

@@ -73,6 +73,13 @@ class ServicesCollector(Collector):
         yield counter("storage_points_written", "Candles written to the database.", storage["points_written"])
         yield counter("storage_failures", "Failed database writes.", storage["failures"])
         yield counter("storage_dropped", "Candles dropped because memory and spool were full.", storage["dropped"])
+        yield counter("storage_rejected", "Candles the database refused as bad data, dropped.", storage["rejected"])
+        yield counter("storage_refused_all", "Batches refused together with the check point (retried).",
+                      storage["refused_all"])
+        yield counter("storage_spool_corrupt", "Spool files found unreadable and moved aside.",
+                      storage["spool_corrupt"])
+        yield gauge("storage_spool_undecodable", "Spool rows that could not be decoded, set aside.",
+                    storage["spool_undecodable"])
         yield gauge("storage_queue", "Candles waiting in memory for the writer.", storage["queue_depth"])
         yield gauge("storage_spool_points", "Candles waiting in the disk spool.", storage["spool_points"])
         yield gauge("storage_spool_bytes", "Size of the disk spool.", storage["spool_bytes"])

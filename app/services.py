@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 INGEST_CAPACITY = 100_000
 SUBSCRIBE_WAIT = 5.0
+# gunicorn SIGKILLs a worker still stopping after graceful_timeout (20 s).
+STOP_BUDGET = 15.0
+WRITER_STOP_SHARE = 5.0
 
 
 class SubscriptionError(Exception):
@@ -78,14 +81,19 @@ class Services:
 
     def stop(self) -> None:
         """Clients first (1001), then the feed, then drain what is queued
-        through the dispatcher into the writer, and flush the writer last."""
+        through the dispatcher into the writer, and flush the writer last,
+        all within STOP_BUDGET: the writer keeps WRITER_STOP_SHARE of it."""
         log.info("stopping services")
-        self.hub.close_all()
-        self.feed.stop()
-        self.backfill.stop()
-        self.dispatcher.stop()
-        self.hub.stop()
-        self.storage.writer.stop()
+        deadline = time.monotonic() + STOP_BUDGET
+
+        def share(most: float = 5.0) -> float:
+            return max(0.1, min(most, deadline - WRITER_STOP_SHARE - time.monotonic()))
+        self.hub.close_all(share())
+        self.feed.stop(share())
+        self.backfill.stop(share())
+        self.dispatcher.stop(share())
+        self.hub.stop(share())
+        self.storage.writer.stop(max(WRITER_STOP_SHARE / 2, deadline - time.monotonic()))
         log.info("services stopped")
 
     # -- subscriptions ------------------------------------------------------

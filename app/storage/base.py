@@ -6,6 +6,14 @@ from .errors import StorageError
 from .schema import CHECK_MEASUREMENT, Point
 
 
+def check_candle() -> Candle:
+    """The well-formed sample `check-db` writes to the check measurement, at
+    the current minute."""
+    minute = int(time.time() // 60 * 60_000)
+    return Candle("CHECKUSDT", "1m", minute, minute + 59_999, 1.0, 2.0, 0.5, 1.5,
+                  10.0, 15.0, 3, True, minute + 60_000)
+
+
 class Store:
     """A candle store. `write` upserts by (symbol, interval, open_time) and
     raises StorageError; reads return Candles in time order."""
@@ -65,9 +73,8 @@ class Store:
             return True
 
         probe = self.probe()
-        minute = int(time.time() // 60 * 60_000)
-        sample = Candle("CHECKUSDT", "1m", minute, minute + 59_999, 1.0, 2.0, 0.5, 1.5,
-                        10.0, 15.0, 3, True, minute + 60_000)
+        sample = check_candle()
+        minute = sample.open_time
 
         def read_back():
             got = probe.history(sample.symbol, sample.interval, minute, minute, 1)

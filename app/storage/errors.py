@@ -13,6 +13,10 @@ KINDS = {
     "auth": (True, "the database refused the credentials: check INFLUXDB_TOKEN"),
     "not_found": (True, "unknown database or bucket: create it or fix INFLUXDB_DATABASE"),
     "bad_data": (True, "the database refused the data"),
+    # Transient for all we know: a proxy or load balancer in front of the
+    # database answering 400 is as likely as a wrong INFLUXDB_HOST.
+    "refused": (False, "the database refuses every write, even the well-formed check point: "
+                       "is INFLUXDB_HOST the database itself, and INFLUXDB_API right?"),
     "unsupported": (True, "the database does not support this operation"),
 }
 

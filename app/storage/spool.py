@@ -3,12 +3,20 @@ SQLite file on local disk. One row per candle (upserted, like the database
 itself), so an outage costs one row per candle, not one per update, and a
 restart picks up where the last process stopped.
 
-Only the writer thread touches it."""
+A spool file SQLite cannot read (a torn write, garbage) is moved aside,
+never deleted, and a fresh one started: the server must come up, and what
+the old file holds stays there for an operator. A single row that cannot be
+decoded is set aside in the table `undecodable` of the same file, so it
+cannot hold up the rows behind it.
+
+The writer uses it from its thread, and `Writer.stop` from the stopping
+one, never both at once (the writer's spool lock)."""
 import fcntl
 import json
 import logging
 import os
 import sqlite3
+from datetime import datetime, timezone
 
 from ..candles import Candle
 from .schema import Point
@@ -24,6 +32,9 @@ class Spool:
         self._db: sqlite3.Connection | None = None
         self._lock_file = None
         self._seq = 0
+        self.corrupt_files = 0              # moved aside by this process
+        self.corrupt_path: str | None = None
+        self.undecodable = 0                # rows in the table `undecodable`
 
     def open(self) -> int:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -36,17 +47,52 @@ class Spool:
             self._lock_file.close()
             raise RuntimeError(f"another process is using the spool in {os.path.dirname(self.path)}; "
                                f"give each server its own SPOOL_DIR") from None
-        # Opened by start(), used by the writer thread from then on.
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("""CREATE TABLE IF NOT EXISTS pending (
-            symbol TEXT NOT NULL, interval TEXT NOT NULL, open_time INTEGER NOT NULL,
-            seq INTEGER NOT NULL, closed INTEGER NOT NULL, point TEXT NOT NULL,
-            PRIMARY KEY (symbol, interval, open_time)) WITHOUT ROWID""")
-        self._db.execute("CREATE INDEX IF NOT EXISTS pending_seq ON pending (seq)")
-        self.count, max_seq = self._db.execute("SELECT count(*), max(seq) FROM pending").fetchone()
+        try:
+            return self._connect()
+        except _Corrupt as exc:
+            self._move_aside(str(exc))
+            return self._connect()
+
+    def _connect(self) -> int:
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # A torn file can open and count fine, and fail only when the
+            # drain reaches the broken pages: look at every page now.
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise _Corrupt("; ".join(problems))
+            db.execute("""CREATE TABLE IF NOT EXISTS pending (
+                symbol TEXT NOT NULL, interval TEXT NOT NULL, open_time INTEGER NOT NULL,
+                seq INTEGER NOT NULL, closed INTEGER NOT NULL, point TEXT NOT NULL,
+                PRIMARY KEY (symbol, interval, open_time)) WITHOUT ROWID""")
+            db.execute("CREATE INDEX IF NOT EXISTS pending_seq ON pending (seq)")
+            db.execute("CREATE TABLE IF NOT EXISTS undecodable (symbol, interval, open_time, seq, closed, point)")
+            self.count, max_seq = db.execute("SELECT count(*), max(seq) FROM pending").fetchone()
+            (self.undecodable,) = db.execute("SELECT count(*) FROM undecodable").fetchone()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if getattr(exc, "sqlite_errorcode", 0) & 0xff in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise _Corrupt(str(exc)) from exc
+            raise
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
         self._seq = max_seq or 0
         return self.count
+
+    def _move_aside(self, problem: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = f"{self.path}.corrupt-{stamp}"
+        # Its WAL and index belong to it: a fresh file must not pick them up.
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, aside + suffix)
+        self.corrupt_files += 1
+        self.corrupt_path = aside
+        log.error("spool %s is corrupt (%s): moved it aside to %s and started an empty one; "
+                  "the candles in it are not written unless recovered by hand", self.path, problem, aside)
 
     def close(self) -> None:
         if self._db is not None:
@@ -76,18 +122,25 @@ class Spool:
         try:
             self._insert(rows)
         except sqlite3.OperationalError as exc:  # disk full, most likely
-            log.error("spool write failed (%s): dropping open candles to keep the closed ones", exc)
-            dropped_open = self._evict(len(rows), closed=0) + sum(1 for r in rows if not r[4])
-            closed_rows = [r for r in rows if r[4]]
-            try:
-                self._insert(closed_rows)
-                dropped_closed = 0
-            except sqlite3.OperationalError:
-                dropped_closed = len(closed_rows)
-            self._recount()
-            return dropped_open, dropped_closed
+            return self._put_when_full(rows, exc)
         self._recount()
         return self._enforce_bound()
+
+    def _put_when_full(self, rows: list[tuple], exc: sqlite3.OperationalError) -> tuple[int, int]:
+        """Make room by dropping open candles, to keep the closed ones; if the
+        disk takes nothing at all, not even the deletes, drop the batch."""
+        closed_rows = [r for r in rows if r[4]]
+        dropped_open = len(rows) - len(closed_rows)
+        try:
+            dropped_open += self._evict(len(rows), closed=0)
+            self._insert(closed_rows)
+            dropped_closed = 0
+        except sqlite3.OperationalError as again:
+            exc, dropped_closed = again, len(closed_rows)
+        self._recount()
+        log.error("spool write failed (%s): dropped %d open and %d closed candles",
+                  exc, dropped_open, dropped_closed)
+        return dropped_open, dropped_closed
 
     def _insert(self, rows: list[tuple]) -> None:
         with self._db:
@@ -121,12 +174,33 @@ class Spool:
 
     def oldest(self, n: int) -> list[tuple[int, Point]]:
         """The n oldest entries as (seq, point)."""
-        rows = self._db.execute("SELECT seq, point FROM pending ORDER BY seq LIMIT ?", (n,)).fetchall()
-        out = []
-        for seq, blob in rows:
-            fields, source, received = json.loads(blob)
-            out.append((seq, Point(Candle(*fields), source, received)))
-        return out
+        while True:
+            rows = self._db.execute("SELECT symbol, interval, open_time, seq, point FROM pending "
+                                    "ORDER BY seq LIMIT ?", (n,)).fetchall()
+            out, bad = [], []
+            for symbol, interval, open_time, seq, blob in rows:
+                try:
+                    fields, source, received = json.loads(blob)
+                    out.append((seq, Point(Candle(*fields), source, received)))
+                except (ValueError, TypeError) as exc:
+                    bad.append(((symbol, interval, open_time, seq), exc))
+            if bad:
+                self._set_aside(bad)
+            if out or not bad:
+                return out
+
+    def _set_aside(self, bad: list[tuple[tuple, Exception]]) -> None:
+        keys = [key for key, _ in bad]
+        with self._db:
+            self._db.executemany("INSERT INTO undecodable SELECT symbol, interval, open_time, seq, closed, point "
+                                 "FROM pending WHERE symbol = ? AND interval = ? AND open_time = ? AND seq = ?", keys)
+            self._db.executemany("DELETE FROM pending WHERE symbol = ? AND interval = ? AND open_time = ? AND seq = ?",
+                                 keys)
+        if not self.undecodable:  # once per file: one bad disk sector can spoil many rows
+            log.error("spool row %r cannot be decoded (%s): set aside in table `undecodable` of %s; "
+                      "further ones are only counted (spool_undecodable)", keys[0], bad[0][1], self.path)
+        self.undecodable += len(bad)
+        self._recount()
 
     def remove(self, entries: list[tuple[int, Point]]) -> None:
         """Remove written entries, unless a newer state replaced them meanwhile."""
@@ -135,6 +209,10 @@ class Spool:
                 "DELETE FROM pending WHERE symbol = ? AND interval = ? AND open_time = ? AND seq = ?",
                 [(*p.key, seq) for seq, p in entries])
         self._recount()
+
+
+class _Corrupt(Exception):
+    """SQLite cannot read the spool file."""
 
 
 def _fields(c: Candle):

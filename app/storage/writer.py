@@ -6,7 +6,12 @@ gets ~30 updates; one write carries the last), and is written out by size
 or every flush interval. What the database does not take goes to the spool
 on disk, which is drained, oldest first, once the database answers again.
 While the spool holds anything, new batches go through it too, so an older
-state of a candle can never overwrite a newer one in the database."""
+state of a candle can never overwrite a newer one in the database.
+
+Stopping has a deadline, because a database that hangs can hold one write
+for STORAGE_TIMEOUT (and its connect) while gunicorn waits only so long: if
+the writer is still busy when the deadline nears, `stop` itself spools what
+the writer holds, and the writer thread, once free, leaves the spool alone."""
 import itertools
 import logging
 import threading
@@ -15,7 +20,7 @@ from collections import deque
 from datetime import datetime, timezone
 
 from ..candles import Candle
-from .base import Store
+from .base import Store, check_candle
 from .errors import StorageError
 from .schema import Point
 from .spool import Spool
@@ -23,6 +28,9 @@ from .spool import Spool
 log = logging.getLogger(__name__)
 
 LAG_SAMPLES = 10_000
+# Of stop's timeout, what is kept for spooling from the stopping thread
+# (100k candles, the memory bound, take about a second).
+HANDOVER_SECONDS = 2.0
 
 
 class Writer:
@@ -42,6 +50,12 @@ class Writer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._retry_at = 0.0
+        # Taken from _pending and neither written nor spooled yet: what stop
+        # spools if the thread is stuck with it in a database write.
+        self._inflight: list[Point] = []
+        self._spool_lock = threading.Lock()
+        self._handed_over = False
+        self._probe_store: Store | None = None
         self._stats_lock = threading.Lock()
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
         self.points_written = 0
@@ -51,6 +65,7 @@ class Writer:
         self.dropped_open = 0
         self.dropped_closed = 0
         self.rejected = 0
+        self.refused_all = 0
         self.last_write: float | None = None
         self.last_error: dict | None = None
 
@@ -89,18 +104,40 @@ class Writer:
         if backlog:
             log.info("spool holds %d candles from before the restart; they will be written first", backlog)
         self._stopping.clear()
+        self._handed_over = False
         self._thread = threading.Thread(target=self._run, name="storage-writer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Write (or spool) everything submitted so far, then stop."""
+        """Write (or spool) everything submitted so far, then stop, within
+        `timeout` even if the database does not answer."""
         if not self.alive:
             return
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, timeout - min(HANDOVER_SECONDS, timeout / 2)))
         if self._thread.is_alive():
-            log.error("storage writer did not stop within %.1fs", timeout)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The thread is stuck in a database write: spool what it holds from
+        here. Its write may still land later; the spooled copy is then
+        written again on the next start, which an upsert makes harmless."""
+        if not self._spool_lock.acquire(timeout=HANDOVER_SECONDS):
+            log.error("storage writer is stuck in the spool itself; %d candles are lost", len(self._pending))
+            return
+        try:
+            with self._lock:
+                points = self._inflight + list(self._pending.values())
+                self._inflight, self._pending = [], {}
+            self._handed_over = True
+            if points:
+                self._to_spool(points)
+            log.error("the database held the storage writer past its stop deadline: spooled %d candles; "
+                      "the spool (%d) is written on the next start", len(points), self.spool.count)
+            self.spool.close()
+        finally:
+            self._spool_lock.release()
 
     @property
     def alive(self) -> bool:
@@ -123,18 +160,32 @@ class Writer:
                 if stopping:
                     return
         finally:
-            self.spool.close()
+            with self._spool_lock:
+                self.spool.close()
             self.store.close()
+            if self._probe_store is not None:
+                self._probe_store.close()
 
     def _cycle(self, final: bool) -> None:
         with self._lock:
             batch, self._pending = list(self._pending.values()), {}
-        backlog = self.spool.count > 0 or time.monotonic() < self._retry_at
+            self._inflight = batch
+        # At the end a database that is failing gets no more chances: the
+        # spool is quick and certain.
+        backlog = (self.spool.count > 0 or time.monotonic() < self._retry_at
+                   or (final and self.consecutive_failures > 0))
         for i in range(0, len(batch), self.batch_size):
             chunk = batch[i:i + self.batch_size]
+            if self._handed_over:  # stop() has spooled what is left
+                return
             if backlog or not self._try_write(chunk):
-                self._to_spool(chunk)
+                with self._spool_lock:
+                    if self._handed_over:
+                        return
+                    self._to_spool(chunk)
                 backlog = True
+            with self._lock:
+                self._inflight = batch[i + self.batch_size:]
         if not final and self.spool.count and time.monotonic() >= self._retry_at:
             self._drain()
 
@@ -143,10 +194,16 @@ class Writer:
         time so new updates keep reaching the spool meanwhile."""
         deadline = time.monotonic() + max(self.flush_interval, 1.0)
         while self.spool.count and time.monotonic() < deadline:
-            entries = self.spool.oldest(self.batch_size)
-            if not self._try_write([p for _, p in entries]):
+            with self._spool_lock:
+                if self._handed_over:
+                    return
+                entries = self.spool.oldest(self.batch_size)
+            if not entries or not self._try_write([p for _, p in entries]):
                 return
-            self.spool.remove(entries)
+            with self._spool_lock:
+                if self._handed_over:
+                    return
+                self.spool.remove(entries)
             if not self.spool.count:
                 log.info("spool drained")
 
@@ -174,7 +231,20 @@ class Writer:
 
     def _write(self, points: list[Point]) -> int:
         """Write points; ones the database refuses as bad data are found by
-        bisection, dropped and counted, so they cannot block the rest."""
+        bisection, dropped and counted, so they cannot block the rest. But
+        first a well-formed probe point: a database that refuses that too
+        refuses everything (a proxy or wrong endpoint answering 400), which
+        is a failure to retry, not 2n-1 requests that drop every candle."""
+        try:
+            self.store.write(points)
+            return len(points)
+        except StorageError as exc:
+            if exc.kind != "bad_data":
+                raise
+            self._probe(exc)
+        return self._bisect(points)
+
+    def _bisect(self, points: list[Point]) -> int:
         try:
             self.store.write(points)
             return len(points)
@@ -187,7 +257,20 @@ class Writer:
                 log.error("database refused candle %s, dropping it: %s", points[0].key, exc.diagnosis)
                 return 0
         mid = len(points) // 2
-        return self._write(points[:mid]) + self._write(points[mid:])
+        return self._bisect(points[:mid]) + self._bisect(points[mid:])
+
+    def _probe(self, refusal: StorageError) -> None:
+        """Raises unless the database takes the check point (the one
+        `check-db` writes, in its own measurement)."""
+        if self._probe_store is None:
+            self._probe_store = self.store.probe()
+        try:
+            self._probe_store.write([Point(check_candle(), "check")])
+        except StorageError as exc:
+            if exc.kind != "bad_data":
+                raise
+            self.refused_all += 1
+            raise StorageError("refused", refusal.detail, refusal.status, refusal.retry_after) from exc
 
     def _failed(self, exc: StorageError) -> None:
         self.failures += 1
@@ -233,6 +316,10 @@ class Writer:
             "dropped_open": self.dropped_open,
             "dropped_closed": self.dropped_closed,
             "rejected": self.rejected,
+            "refused_all": self.refused_all,
+            "spool_corrupt": self.spool.corrupt_files,
+            "spool_corrupt_moved_to": self.spool.corrupt_path,
+            "spool_undecodable": self.spool.undecodable,
             "last_error": self.last_error,
             "lag_ms_p50": _percentile(lags, 50),
             "lag_ms_p99": _percentile(lags, 99),
