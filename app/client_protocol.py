@@ -6,6 +6,7 @@ import json
 from .candles import normalize_symbol, parse_stream_name
 
 MAX_BATCH_INTERVAL = 10.0
+MAX_SEQ_DIGITS = 18        # a 64-bit number; int() of thousands of digits is slow or refused
 
 
 class ClientError(ValueError):
@@ -48,16 +49,30 @@ def parse_batch(value: str | None) -> float:
     return seconds
 
 
-def parse_resume(epoch: str | None, last_seq: str | None) -> tuple[str, dict] | None:
+def parse_symbols(value: str | None, cap: int) -> frozenset | None:
+    """?symbols=BTCUSDT,ETHUSDT@1m -> their targets; absent -> None (every stream)."""
+    if not value:
+        return None
+    items = [t for t in value.split(",") if t]
+    if len(items) > cap:
+        raise ClientError(f"too many symbols: at most {cap} per client")
+    return frozenset(parse_target(t) for t in items) or None
+
+
+def parse_resume(epoch: str | None, last_seq: str | None, cap: int) -> tuple[str, dict] | None:
     """?epoch=E&last_seq=BTCUSDT@1m:1234,ETHUSDT@1m:99 -> (E, {(symbol, interval): seq})."""
     if not last_seq:
         return None
+    items = last_seq.split(",")
+    if len(items) > cap:
+        raise ClientError(f"too many last_seq items: at most {cap}")
     last = {}
-    for item in last_seq.split(","):
+    for item in items:
         target, _, seq = item.rpartition(":")
         key = parse_target(target) if target else None
-        if not isinstance(key, tuple) or not seq.isdigit():
-            raise ClientError(f"invalid last_seq item {item!r}: expected SYMBOL@INTERVAL:SEQ")
+        # isdigit() alone accepts "²" and other digits int() refuses
+        if not isinstance(key, tuple) or not (seq.isascii() and seq.isdigit() and len(seq) <= MAX_SEQ_DIGITS):
+            raise ClientError(f"invalid last_seq item {item[:60]!r}: expected SYMBOL@INTERVAL:SEQ")
         last[key] = int(seq)
     return (epoch or "", last)
 
@@ -73,7 +88,7 @@ def parse_message(msg) -> tuple[str, list[Target]]:
         return action, [parse_target(target)]
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting within the size limit
         raise ClientError('expected JSON like {"action": "subscribe", "symbols": ["BTCUSDT"]}') from None
     if not isinstance(body, dict):
         raise ClientError("expected a JSON object")

@@ -13,6 +13,9 @@ class PriceBook:
         # Kept when a stream is forgotten, so a resubscribed stream never
         # reuses a number a resuming client may hold.
         self._seq: dict[tuple[str, str], int] = {}
+        # Bumped by every change: snapshots encoded at one version are
+        # reused until the next (app/clients/snapshots.py).
+        self.version = 0
 
     def update(self, candle: Candle, backfill: bool = False) -> int | None:
         """Keep the newest state and return the update's sequence number.
@@ -29,11 +32,13 @@ class PriceBook:
             if not older:
                 self._latest[candle.key] = candle
             seq = self._seq[candle.key] = self._seq.get(candle.key, 0) + 1
+            self.version += 1
             return seq
 
     def forget(self, key: tuple[str, str]) -> None:
         with self._lock:
-            self._latest.pop(key, None)
+            if self._latest.pop(key, None) is not None:
+                self.version += 1
 
     def snapshot(self) -> list[tuple[Candle, int]]:
         with self._lock:

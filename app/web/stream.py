@@ -21,4 +21,4 @@ def check_origin():
 
 @sock.route("/ws/price", bp=bp)
 def price_stream(ws):
-    ClientSession(current_app.extensions["services"].hub, ws, request.args).run()
+    ClientSession(current_app.extensions["services"].hub, ws, request.remote_addr or "").run(request.args)

@@ -1,0 +1,319 @@
+"""One /ws/price connection: its query, its messages, and its turn in the
+fan-out.
+
+Two threads of the connection read (gunicorn's, running `run`, and
+simple-websocket's reader); the fan-out thread calls `pump`. `lock` guards
+what both sides use (the filters, the cursor, the resume skip); the fan-out
+thread only ever tries it, and skips this client for a turn when it is held,
+so nothing a client makes its own thread do can hold up the others.
+"""
+import logging
+import socket
+import threading
+import time
+
+from simple_websocket import ConnectionClosed
+
+from ..candles import dumps
+from ..client_protocol import ClientError, parse_batch, parse_message, parse_resume, parse_symbols
+from ..updates import text_frame
+from . import resume
+from .filters import Filters
+from .output import Output
+from .ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
+# Kernel send buffer per client: bounds kernel memory per connection and
+# lets a client that stopped reading be noticed in seconds, not megabytes.
+SEND_BUFFER_BYTES = 256 * 1024
+# Log entries handed to one client per turn (~400 kB): what one client may
+# hold in memory beyond its kernel buffer, and still 200k updates/s at a 5 ms tick.
+READ_LIMIT = 1000
+CLOSE_REPLY_TIMEOUT = 1.0   # how long we wait for the client to answer our close frame
+# Refused messages in a row, in multiples of the rate limit, before a client
+# that keeps sending over the limit is closed: it is not listening.
+FLOOD_SECONDS = 10
+
+
+class _SessionSocket:
+    """What simple-websocket holds as its socket: reads go to the real
+    socket, writes join the connection's output (so they are sent by the
+    fan-out thread, in order with the data frames)."""
+
+    def __init__(self, session: "ClientSession", sock):
+        self._session = session
+        self._sock = sock
+
+    def send(self, data, *flags):
+        self._session.output.put(bytes(data))
+        self._session.hub.wake()
+        return len(data)
+
+    sendall = send
+
+    def close(self):
+        # simple-websocket's reader closes the socket when the connection
+        # ends, e.g. right after queuing its reply to the client's close
+        self._session.finish()
+        self._sock.close()
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class ClientSession:
+    def __init__(self, hub, ws, address: str):
+        self.hub = hub
+        self.ws = ws
+        self.raw = ws.sock
+        self.address = address
+        self.output = Output(self.raw, hub.max_output)
+        self.lock = threading.Lock()
+        self.filters = Filters()
+        self.batch_interval = 0.0
+        self.cursor = 0
+        self._skip: dict[tuple[str, str], int] = {}   # resume: stream -> last seq the client has
+        self._skip_until = 0                           # ...for log entries before this one
+        self._bucket = TokenBucket(hub.max_rate)
+        self._refused_in_a_row = 0
+        self.batch_due = 0.0                           # fan-out thread only
+
+    # -- this connection's thread ---------------------------------------------
+    def run(self, args) -> None:
+        """Serve the connection until it ends. Never raises: after the 101
+        the socket speaks WebSocket, and an exception would make Flask write
+        an HTTP 500 onto it."""
+        self.ws.sock = _SessionSocket(self, self.raw)
+        try:
+            self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        except OSError:
+            pass
+        try:
+            self._serve(args)
+        except ConnectionClosed:
+            pass
+        except Exception:  # a bug of ours: the client gets a close code, the log the traceback
+            log.exception("WebSocket session failed; closing it with %d", INTERNAL_ERROR)
+            self.close(INTERNAL_ERROR, "internal error")
+        finally:
+            self.finish()
+
+    def _serve(self, args) -> None:
+        try:
+            self._start(args)
+        except ClientError as exc:
+            self.hub.count("closed_bad_input")
+            self.close(POLICY_VIOLATION, str(exc))
+            return
+        refusal = self.hub.register(self)
+        if refusal:
+            self.close(TRY_AGAIN_LATER, refusal)
+            return
+        while self._read_one():
+            pass
+
+    def _start(self, args) -> None:
+        """What the query asks for, and the first messages: a snapshot, or
+        what a resuming client missed."""
+        batch = parse_batch(args.get("batch"))
+        filters = Filters(parse_symbols(args.get("symbols"), self.hub.max_streams))
+        last = parse_resume(args.get("epoch"), args.get("last_seq"), self.hub.max_streams)
+        with self.lock:
+            self.batch_interval, self.filters = batch, filters
+            if last is None:
+                self.cursor = self.hub.updates.next_seq  # before the snapshot: never miss an update
+                self.output.put(self.hub.snapshots.frame("connect", filters.wanted))
+                return
+            plan = resume.plan(self.hub.updates, self.hub.prices, self.hub.epoch, last[1], last[0])
+            self.hub.count("gaps", len(plan.messages))
+            for message in plan.messages:
+                self.output.put(_json_frame(message))
+            if plan.restarted:
+                self.cursor = plan.cursor
+                self.output.put(self.hub.snapshots.frame("resume", filters.wanted))
+                return
+            self.hub.count("resumed")
+            self.cursor, self._skip, self._skip_until = plan.cursor, plan.skip, plan.skip_until
+
+    def _read_one(self) -> bool:
+        """Wait up to a second for a message and act on it; False when the
+        session is over."""
+        msg = self.ws.receive(timeout=1.0)
+        if self.hub.shutting_down:
+            self.close(GOING_AWAY, "server shutting down")
+            return False
+        if self.output.dead or not self.ws.thread.is_alive():
+            return False
+        if self.output.overflowed:
+            self.hub.count("closed_output")
+            self.close(POLICY_VIOLATION, f"over {self.hub.max_output} bytes of replies unread; read your messages")
+            return False
+        if msg is None:
+            return True
+        if not self._bucket.take():
+            return self._refuse()
+        self._refused_in_a_row = 0
+        try:
+            action, targets = parse_message(msg)
+            if action == "ping":
+                self.send_json({"type": "pong", "time": int(time.time() * 1000)})
+            else:
+                self._change(action, targets)
+        except ClientError as exc:
+            self.send_json({"type": "error", "message": str(exc)})
+        return True
+
+    def _refuse(self) -> bool:
+        """A message over the rate limit. Only the first of a run is
+        answered, so the replies keep to the limit too."""
+        self.hub.count("refused_messages")
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row == 1:
+            self.send_json({"type": "error", "message": f"rate limit: at most {self.hub.max_rate:g} messages "
+                                                        f"per second; messages ignored until you slow down"})
+        elif self._refused_in_a_row > FLOOD_SECONDS * self.hub.max_rate:
+            self.hub.count("closed_flooding")
+            self.close(POLICY_VIOLATION, "too many messages over the rate limit")
+            return False
+        return True
+
+    def _change(self, action: str, targets: list) -> None:
+        filters = self.filters.changed(action, targets, self.hub.max_streams)
+        reply = {"type": "subscriptions", "action": action, **filters.describe()}
+        # The fan-out skips this client while the lock is held, so the reply
+        # and the snapshot of the new streams come before any of their
+        # updates, and the snapshot is taken at or after the cursor.
+        with self.lock:
+            old, self.filters = self.filters, filters
+            self.output.put(_json_frame(reply))
+            if action == "subscribe":
+                self.output.put(self.hub.snapshots.frame(
+                    "subscribe", lambda key: filters.wanted(key) and not old.wanted(key)))
+        self.hub.wake()
+
+    def send_json(self, obj) -> None:
+        self.output.put(_json_frame(obj))
+        self.hub.wake()
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame and make sure it left before we return (the
+        server closes the socket right after). The reader thread then waits
+        for the client's answering close, but only ever wakes for data or
+        its next ping (WS_PING_INTERVAL away): give the client a moment,
+        then end the reader by shutting our side for reading."""
+        try:
+            self.ws.close(code, _close_reason(reason))
+        except ConnectionClosed:
+            pass
+        self.hub.wake()
+        self.finish()
+        self.ws.thread.join(CLOSE_REPLY_TIMEOUT)
+        try:
+            self.raw.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        self.output.flush()
+        self.hub.unregister(self)
+
+    # -- the fan-out thread -----------------------------------------------------
+    def pump(self, turn) -> float:
+        """Send this client what it is owed, without blocking. Returns when
+        it next needs a turn (inf: when there are new updates)."""
+        out, now = self.output, turn.now
+        if not out.wlock.acquire(blocking=False):
+            return now + self.hub.tick        # a closing flush is writing
+        try:
+            if out.dead:
+                return float("inf")
+            sent = out.send() if out.pending else True
+            if sent is None:
+                return float("inf")
+            if sent is False:
+                if now - out.stalled_since > self.hub.send_timeout:
+                    self.hub.count("dropped_stuck")
+                    log.info("dropping a WebSocket client that stopped reading for %.0fs", self.hub.send_timeout)
+                    out.abort()
+                    return float("inf")
+                return now + self.hub.tick
+            if not self.lock.acquire(blocking=False):
+                return now + self.hub.tick    # its own thread is changing what it follows
+            try:
+                # Replies first, then updates read under the same filters
+                # that the replies describe.
+                out.take_outbox()
+                data, messages, frames = self._owed(turn)
+                more = self.cursor < turn.upto
+            finally:
+                self.lock.release()
+            if data:
+                out.add(data)
+                self.hub.messages_sent.add(messages)
+                self.hub.frames_sent.add(frames)
+            if out.pending and not out.send():
+                return now + self.hub.tick
+            if more:  # cut short by READ_LIMIT, or a batch not yet due
+                return self.batch_due if self.batch_interval else now
+            return float("inf")
+        finally:
+            out.wlock.release()
+
+    def _owed(self, turn) -> tuple[bytes, int, int]:
+        """(bytes, messages, frames) of the updates since this client's
+        cursor (called with `lock` held)."""
+        if self.batch_interval and (self.cursor >= turn.upto or turn.now < self.batch_due):
+            return b"", 0, 0
+        filters = self.filters
+        # Clients that follow everything from the same cursor get the same bytes.
+        everything = filters.everything and not self._skip
+        key = (self.batch_interval, self.cursor) if everything else None
+        if key in turn.shared:
+            out, end = turn.shared[key]
+        else:
+            read = self.hub.updates.read(self.cursor, READ_LIMIT, turn.upto)
+            if read is None:  # fell off the end of the shared log
+                self.hub.count("resynced")
+                self.cursor = turn.upto
+                return turn.snapshot(filters.wanted), 0, 1
+            entries, end = read
+            out = self._encode(entries if everything else self._select(entries, end, filters))
+            if key is not None:
+                turn.shared[key] = out, end
+        self.cursor = end
+        if self.batch_interval and end >= turn.upto:
+            # Batches end on multiples of the interval of one clock, so
+            # clients with the same interval flush in the same turn from
+            # the same cursor, and can share the frame. Until a client has
+            # caught up, its batch stays due.
+            self.batch_due = (turn.now // self.batch_interval + 1) * self.batch_interval
+        return out
+
+    def _encode(self, entries) -> tuple[bytes, int, int]:
+        if not entries:
+            return b"", 0, 0
+        if self.batch_interval:
+            return text_frame(b"[" + b",".join(e.payload for e in entries) + b"]"), len(entries), 1
+        return b"".join(e.frame for e in entries), len(entries), len(entries)
+
+    def _select(self, entries, end: int, filters: Filters) -> list:
+        wanted = [e for e in entries if filters.wanted(e.key)]
+        if self._skip:
+            wanted = [e for e in wanted if e.stream_seq > self._skip.get(e.key, 0)]
+            if end >= self._skip_until:  # past the resume point: nothing more to skip
+                self._skip = {}
+        return wanted
+
+
+def _json_frame(obj) -> bytes:
+    return text_frame(dumps(obj).encode())
+
+
+def _close_reason(text: str) -> str:
+    """A close frame carries at most 123 bytes of reason (RFC 6455 §5.5)."""
+    return text.encode()[:123].decode("utf-8", "ignore")
