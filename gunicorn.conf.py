@@ -1,24 +1,25 @@
 """gunicorn settings. One worker process: the feed must run exactly once.
 gthread with more threads than the WebSocket client limit, because every
 WebSocket client holds a thread for its whole life and REST must not starve."""
-import os
+import ipaddress
 import signal
 import threading
 
 from config import Config
 
-bind = os.environ.get("BIND", "0.0.0.0:8000")
+bind = Config.BIND
 workers = 1
-worker_class = "gthread"
+# gthread that gives a connection a thread only once its request headers are
+# in (slow clients cannot hold the threads; see the module).
+worker_class = "app.web.gunicorn_worker.Worker"
 threads = Config.WS_MAX_CLIENTS + 32
 # Not preloaded: wsgi.py starts the background threads in the worker, after the fork.
 preload_app = False
 max_requests = 0
 graceful_timeout = 20
 timeout = 60
-# Access lines go through the logging config below; off unless asked for,
-# because health checks and dashboards poll often.
-access_log = bool(os.environ.get("ACCESS_LOG"))
+# Access lines go through the logging config below.
+access_log = Config.ACCESS_LOG
 # gunicorn's control socket has one default path per user, which two
 # instances (or the test suite's) would fight over; we do not use it.
 control_socket_disable = True
@@ -56,3 +57,21 @@ def on_starting(server):
     if server.cfg.is_ssl:
         server.log.error("gunicorn's TLS is not supported: terminate TLS in a reverse proxy (README, Deploying)")
         raise SystemExit(1)
+
+
+def when_ready(server):
+    if not Config.API_KEY and not all(_loopback(a) for a in server.cfg.address):
+        server.log.warning("subscribe/unsubscribe are open to anyone who can reach %s: set API_KEY "
+                           "(browsers' cross-site requests are refused either way)", Config.BIND)
+
+
+def _loopback(address) -> bool:
+    if isinstance(address, (str, bytes, int)):  # unix socket path or inherited fd: local
+        return True
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

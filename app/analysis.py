@@ -135,6 +135,17 @@ def parse_window(text: str | int | None, interval: str) -> tuple[int, int | None
     return count, duration
 
 
+def check_budget(window, interval: str, streams: int, max_candles: int | None) -> None:
+    """A request reads window x streams candles; more than max_candles is
+    refused before anything is read."""
+    count, _ = parse_window(window, interval)
+    if max_candles is not None and count * streams > max_candles:
+        shown = str(window or DEFAULT_WINDOW)
+        per = f" for each of {streams} symbols, {count * streams} in all" if streams > 1 else ""
+        raise ValueError(f"window {shown!r} is {count} {interval} candles{per}; at most {max_candles} "
+                         f"are read per request: use a window of at most {max_candles // streams} candles")
+
+
 def window_candles(store, symbol: str, interval: str, window) -> list[Candle]:
     """The most recent window of a stream's stored candles. A duration is
     measured back from the newest stored candle, not from now: recorded and
@@ -147,15 +158,17 @@ def window_candles(store, symbol: str, interval: str, window) -> list[Candle]:
     return candles
 
 
-def analyze(store, symbol: str, interval: str, window=None) -> dict:
+def analyze(store, symbol: str, interval: str, window=None, max_candles: int | None = None) -> dict:
+    check_budget(window, interval, 1, max_candles)
     return {"symbol": symbol, "interval": interval, "window": str(window or DEFAULT_WINDOW),
             **summarize(window_candles(store, symbol, interval, window), interval)}
 
 
-def top_movers(store, interval: str, window=None) -> dict:
-    parse_window(window, interval)  # a bad window is an error even with nothing stored
-    summaries = {s: summarize(window_candles(store, s, interval, window), interval)
-                 for s in store.symbols(interval)}
+def top_movers(store, interval: str, window=None, max_candles: int | None = None) -> dict:
+    symbols = store.symbols(interval)
+    # also checks the window: a bad one is an error even with nothing stored
+    check_budget(window, interval, max(len(symbols), 1), max_candles)
+    summaries = {s: summarize(window_candles(store, s, interval, window), interval) for s in symbols}
     return {"interval": interval, "window": str(window or DEFAULT_WINDOW),
             "movers": rank_movers(summaries)}
 

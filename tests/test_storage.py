@@ -164,7 +164,7 @@ def test_history_endpoint(filled):
     r = client.get("/history/BTCUSDT?start=2020-01-01T00:10:00Z&end=1577837520000")
     assert [c["open_time"] for c in r.json["candles"]] == [c.open_time for c in BTC[10:13]]
     assert len(client.get("/history/BTCUSDT").json["candles"]) == 500
-    assert len(client.get("/history/BTCUSDT?limit=100000").json["candles"]) == 1440  # capped at 5000
+    assert len(client.get("/history/BTCUSDT?limit=100000").json["candles"]) == 1440  # all there are (the cap: test_limits.py)
     assert client.get("/history/DOGEUSDT").json["candles"] == []
     for bad in ("?interval=7m", "?start=yesterday", "?limit=x", "?limit=0",
                 "?start=1577837520000&end=1577836800000", "?end=" + "9" * 25, "?start=-5"):

@@ -6,6 +6,12 @@ from flask import jsonify
 from werkzeug.exceptions import HTTPException
 
 
+def error_reply(status: int, error: str, message: str, headers: dict | None = None):
+    """Every error answer has this one shape, JSON {error, message}: clients
+    of this API are programs."""
+    return jsonify(error=error, message=message), status, headers or {}
+
+
 def _reader_thread(target):
     """simple-websocket's per-connection reader. Daemon: one blocked on a
     silent peer must not hold the process at exit."""
@@ -31,10 +37,9 @@ def init_app(app):
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
-        # JSON errors everywhere: clients of this API are programs.
-        return jsonify(error=exc.name, message=exc.description), exc.code
+        return error_reply(exc.code, exc.name, exc.description)
 
     @app.errorhandler(Exception)
     def unexpected_error(exc):
         app.logger.exception("unhandled error")
-        return jsonify(error="Internal Server Error", message="unexpected error; see the server log"), 500
+        return error_reply(500, "Internal Server Error", "unexpected error; see the server log")

@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 from config import Config
 
 from ..services import SubscriptionError
+from . import error_reply
 
 bp = Blueprint("api", __name__)
 
@@ -50,7 +51,7 @@ def require_api_key(view):
         given = request.headers.get("X-API-Key", "")
         if expected and not hmac.compare_digest(given.encode(), expected.encode()):
             services().count_refusal("api_key")
-            return jsonify(error="Unauthorized", message="missing or wrong X-API-Key header"), 401
+            return error_reply(401, "Unauthorized", "missing or wrong X-API-Key header")
         return view(*args, **kwargs)
     return checked
 
@@ -59,10 +60,10 @@ def require_api_key(view):
 @require_api_key
 def change_subscription(symbol, action):
     if action not in ("subscribe", "unsubscribe"):
-        return jsonify(error="Not Found", message=f"unknown action {action!r}: use subscribe or unsubscribe"), 404
+        return error_reply(404, "Not Found", f"unknown action {action!r}: use subscribe or unsubscribe")
     interval = request.args.get("interval", current_app.config["BINANCE_INTERVAL"])
     try:
         result = getattr(services(), action)(symbol, interval)
     except SubscriptionError as exc:
-        return jsonify(error=action + " refused", message=str(exc)), exc.status
+        return error_reply(exc.status, action + " refused", str(exc))
     return jsonify(result)
