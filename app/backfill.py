@@ -1,34 +1,35 @@
 """Gap backfill: Binance does not replay what was sent while we were away,
 so after every (re)connect and on every new subscription we compare the
-last stored closed candle of each stream with the exchange and fetch the
+stored closed candles of each stream with the exchange and fetch the
 missing closed candles from GET /api/v3/klines.
 
 Backfilled candles go through the normal path (ingest queue -> dispatcher),
 marked source="backfill": the writer stores them idempotently (same point
 key, so a candle that also arrived live is simply overwritten with the same
-values) and clients see them as updates marked backfill.
+values) and clients see them as updates marked backfill. A stream the feed
+no longer follows is not fetched, and its fetched candles are not passed on.
 
-Binance's REST limits: a weight budget per minute reported in
-X-MBX-USED-WEIGHT-1M (we pause near it), 429 with Retry-After (we wait),
-418 when banned (we stop until Retry-After has passed), 451 for a blocked
-region (reported with the hint to use Binance.US).
+Binance's REST limits (429 with Retry-After, 418 bans, the weight budget)
+are kept by `BinanceRest`, shared with the subscribe requests: a rate limit
+is waited out, a ban makes the stream be tried again once it has passed.
 """
 import logging
 import queue
 import threading
 import time
 from collections import deque
+from typing import Callable
 
-from .candles import INTERVALS, Candle, parse_stream_name
-from .exchange import BinanceRest, ExchangeUnavailable
+from .candles import INTERVALS, Candle, candle_close_time, next_open_time, parse_stream_name
+from .exchange import RATE_LIMIT_WAIT, BinanceRest, ExchangeUnavailable
 from .storage.errors import StorageError
 from .worker import Worker
 
 log = logging.getLogger(__name__)
 
 PAGE = 1000                 # Binance's maximum klines per request
-WEIGHT_LIMIT = 6000         # Binance spot's request weight per minute
-WEIGHT_PAUSE_AT = 0.8       # pause when this share of the budget is used
+LOOKBACK_MS = INTERVALS["1d"]   # how far back holes are looked for, at least (see _resume_after)
+MAX_PAGES = 1000            # klines requests per backfill run; the rest is left to a retry
 GAP_LOG = 200               # gap records kept for /stats
 RETRY_INITIAL = 1.0         # seconds before a stream whose backfill failed is tried again,
 RETRY_MAX = 60.0            # doubling with each failure up to this
@@ -42,23 +43,20 @@ def kline_row_to_candle(symbol: str, interval: str, row: list) -> Candle:
                   closed=True, event_time=int(row[6]) + 1)
 
 
-def newest_before_hole(open_times: list[int], interval: str) -> int:
-    """The newest of these sorted open times that every older one leads up
-    to without a hole: where a backfill starts looking."""
-    longest = 31 * INTERVALS["1d"] if interval == "1M" else INTERVALS[interval]  # months vary
-    for older, newer in zip(open_times, open_times[1:]):
-        if newer - older > longest:
-            return older
-    return open_times[-1]
-
-
 class Backfiller(Worker):
-    def __init__(self, rest: BinanceRest, store, ingest: queue.Queue, initial_candles: int):
+    def __init__(self, rest: BinanceRest, store, ingest: queue.Queue, initial_candles: int,
+                 wanted: Callable[[str], bool]):
         super().__init__("backfill")
         self.rest = rest
         self.store = store
         self.ingest = ingest
         self.initial_candles = initial_candles   # history fetched for a stream we never stored
+        self.wanted = wanted                     # is the stream still followed (the feed's answer)
+        # Held while candles go on the ingest queue. Unsubscribing takes it
+        # before the dispatcher is told to forget the stream: candles being
+        # put go in before the forget, and none are put once the feed has
+        # dropped the stream, so a backfill cannot bring a removed stream back.
+        self.emitting = threading.Lock()
         self.gaps: deque[dict] = deque(maxlen=GAP_LOG)
         self.gap_totals: dict[str, dict[str, int]] = {}   # stream -> gaps filled / failed, ever
         self.candles_fetched = 0
@@ -67,7 +65,6 @@ class Backfiller(Worker):
         self._todo: list[str] = []
         self._retry: dict[str, tuple[float, float]] = {}   # failed stream -> (when to retry, delay)
         self._lock = threading.Lock()
-        self._banned_until = 0.0
 
     def request(self, streams) -> None:
         """Check these streams for gaps soon (called from feed threads and REST)."""
@@ -91,26 +88,31 @@ class Backfiller(Worker):
                         break
                     stream = self._todo.pop(0)
                 try:
-                    self._fill(stream)
+                    complete = self._fill(stream)
                 except (ExchangeUnavailable, StorageError) as exc:
                     # Nothing else would ask again until the next reconnect: the
                     # gap would stay open if Binance or the store was briefly away.
                     self.last_error = str(exc)
-                    delay = self._retry_later(stream)
+                    delay = self._retry_later(stream, exc.retry_after)
                     log.warning("backfill of %s failed, trying again in %.0fs: %s", stream, delay, exc)
                     self._record(stream, None, 0, filled=False, error=str(exc))
                     continue
                 except Exception:  # a bug: retrying would only repeat it
                     log.exception("backfill of %s failed", stream)
-                with self._lock:
-                    self._retry.pop(stream, None)
+                    complete = True
+                if complete:
+                    with self._lock:
+                        self._retry.pop(stream, None)
+                else:
+                    self._retry_later(stream, None)
 
-    def _retry_later(self, stream: str) -> float:
+    def _retry_later(self, stream: str, at_least: float | None) -> float:
         with self._lock:
             _, delay = self._retry.get(stream, (0.0, RETRY_INITIAL / 2))
             delay = min(RETRY_MAX, delay * 2)
-            self._retry[stream] = (time.monotonic() + delay, delay)
-        return delay
+            wait = max(delay, at_least or 0.0)     # a ban's Retry-After, however long
+            self._retry[stream] = (time.monotonic() + wait, delay)
+        return wait
 
     def _next_retry_in(self) -> float | None:
         with self._lock:
@@ -122,72 +124,135 @@ class Backfiller(Worker):
         with self._lock:
             self._todo.extend(s for s, (when, _) in self._retry.items() if when <= now and s not in self._todo)
 
-    def _fill(self, stream: str) -> None:
-        """Fetch the closed candles missing after the first hole among the
-        recently stored ones. Not simply after the newest stored one: a
-        backfill that runs late (a retry, a long queue after a restart) finds
-        live candles from after the gap stored already. Binance always
+    def _fill(self, stream: str) -> bool:
+        """Fetch the closed candles missing after the first hole (see
+        `_resume_after`), page by page up to the present. Binance always
         returns the candle that is still open as the last row, so a row is
         known closed once a later row exists; the newest row is left to the
         live stream (no server clock needed: the replay exchange has one per
-        symbol, and a clock skew must not turn an open candle into a closed one)."""
+        symbol, and a clock skew must not turn an open candle into a closed
+        one). Returns False if it stopped at MAX_PAGES with more to fetch."""
+        if not self.wanted(stream):
+            return True            # removed while it waited in the queue
         symbol, interval = parse_stream_name(stream)
-        step = INTERVALS[interval]
-        stored = sorted(c.open_time for c in self.store.history(symbol, interval, limit=PAGE) if c.closed)
-        last = newest_before_hole(stored, interval) if stored else self.store.last_closed(symbol, interval)
-        known = set(stored)
+        last = self._resume_after(symbol, interval)
         if last is None:
             if not self.initial_candles:
-                return
+                return True
             params = {"limit": min(PAGE, self.initial_candles + 1)}
         else:
-            params = {"startTime": last + step, "limit": PAGE}
+            # From the next millisecond rather than the next open time: months
+            # differ in length, and Binance answers from the first candle
+            # opening at or after startTime.
+            params = {"startTime": last + 1, "limit": PAGE}
         held = None          # newest row so far: closed only if a later one comes
         got, first = 0, None
-        while not self._stopping.is_set():
+        complete = False
+        for _ in range(MAX_PAGES):
             rows = self._get("/api/v3/klines", symbol=symbol, interval=interval, **params)
-            closed = ([held] if held is not None and rows else []) + rows[:-1]
-            missing = [row for row in closed if int(row[0]) not in known]
-            for row in missing:
-                self.ingest.put((kline_row_to_candle(symbol, interval, row), "backfill"))
+            if held is not None:
+                rows = [row for row in rows if int(row[0]) > int(held[0])]
+            if not rows or self._stopping.is_set():
+                complete = True
+                break
+            missing = self._missing(symbol, interval, ([held] if held is not None else []) + rows[:-1])
+            if not self._emit(stream, symbol, interval, missing):
+                return True
             got += len(missing)
             if missing and first is None:
                 first = int(missing[0][0])
-            if not rows:
-                break
             held = rows[-1]
-            if last is None or len(rows) < params["limit"]:
+            # A short page normally ends at the open candle. Binance may also
+            # answer fewer rows than asked for other reasons, so a short page
+            # ends the backfill only when its last row is still open by our
+            # clock; otherwise the next page (empty at the present) decides.
+            if last is None or (len(rows) < params["limit"]
+                                and candle_close_time(int(held[0]), interval) >= time.time() * 1000):
+                complete = True
                 break
-            params["startTime"] = int(held[0]) + step
+            params["startTime"] = int(held[0]) + 1
+        else:
+            log.warning("backfill of %s: %d pages fetched and more to come; continuing later",
+                        stream, MAX_PAGES)
         self.candles_fetched += got
         if last is not None and got:
             log.info("backfilled %d candles of %s after a gap", got, stream)
             self._record(stream, first, got, filled=True)
+        return complete
 
-    def _get(self, path: str, **params):
-        now = time.monotonic()
-        if now < self._banned_until:
-            raise ExchangeUnavailable(f"waiting out a Binance ban for {self._banned_until - now:.0f}s")
+    def _resume_after(self, symbol: str, interval: str) -> int | None:
+        """Open time of the stored closed candle after which the first hole
+        begins (the newest one if there is none); None if none is stored.
+        Not simply the newest: a backfill that runs late (retries, a queue
+        of streams after a restart, a weight pause, a ban) finds the live
+        candles from after the gap stored already.
+
+        Holes are looked for over LOOKBACK_MS or the last PAGE candles,
+        whichever reaches further back. PAGE candles alone are only 16.7
+        minutes of 1s candles, less than a ban or a slow restart can last; a
+        day covers those, and for 1m and longer intervals PAGE candles reach
+        back at least as far. The store is read a page at a time: a day of
+        1s candles is 87 reads, with one page in memory."""
+        newest = self.store.last_closed(symbol, interval)
+        if newest is None:
+            return None
+        since = newest - max(LOOKBACK_MS, PAGE * INTERVALS[interval])
+        previous = None
+        while True:      # ends: `since` grows with every full page, up to `newest`
+            page = self.store.history(symbol, interval, start_ms=since, end_ms=newest, limit=PAGE)
+            for candle in page:
+                if not candle.closed:
+                    continue
+                if previous is not None and candle.open_time > next_open_time(previous, interval):
+                    return previous
+                previous = candle.open_time
+            if len(page) < PAGE or self._stopping.is_set():
+                return newest if previous is None else previous
+            since = page[-1].open_time + 1
+
+    def _missing(self, symbol: str, interval: str, rows: list) -> list:
+        """The rows whose candle is not stored as closed yet."""
+        if not rows:
+            return []
+        stored = {c.open_time for c in self.store.history(symbol, interval, int(rows[0][0]), int(rows[-1][0]),
+                                                          limit=2 * PAGE) if c.closed}
+        return [row for row in rows if int(row[0]) not in stored]
+
+    def _emit(self, stream: str, symbol: str, interval: str, rows: list) -> bool:
+        """Put the candles on the ingest queue unless the stream has been
+        removed meanwhile (then False)."""
+        with self.emitting:
+            if not self.wanted(stream):
+                log.info("backfill of %s dropped: the stream is no longer followed", stream)
+                return False
+            for row in rows:
+                self.ingest.put((kline_row_to_candle(symbol, interval, row), "backfill"))
+        return True
+
+    def _get(self, path: str, **params) -> list:
         while True:
+            pause = self.rest.pace()
+            if pause:
+                log.info("Binance request weight near its limit; backfill pausing %.0fs", pause)
+                if self._stopping.wait(pause):
+                    return []      # stopping: the next start backfills what is left
             self.requests += 1
             try:
-                body, headers = self.rest.get(path, **params)
+                rows = self.rest.get(path, **params)
             except ExchangeUnavailable as exc:
-                if exc.status == 429:
-                    wait = exc.retry_after or 60
-                    log.warning("Binance rate limit (429): waiting %ss", wait)
-                    if self._stopping.wait(wait):
-                        raise
-                    continue
-                if exc.status == 418:
-                    self._banned_until = time.monotonic() + (exc.retry_after or 3600)
-                raise
-            used = int(headers.get("X-MBX-USED-WEIGHT-1M") or headers.get("x-mbx-used-weight-1m") or 0)
-            if used >= WEIGHT_LIMIT * WEIGHT_PAUSE_AT:
-                pause = 60 - time.time() % 60  # the weight window resets each minute
-                log.info("Binance request weight %d of %d used; pausing %.0fs", used, WEIGHT_LIMIT, pause)
-                self._stopping.wait(pause)
-            return body
+                # A rate limit ends with Binance's minute: waiting beats
+                # failing the gap. A ban (418) can last days: raised, and the
+                # stream is tried again once it is over.
+                if exc.status != 429:
+                    raise
+                wait = exc.retry_after or RATE_LIMIT_WAIT
+                log.warning("Binance rate limit (429): backfill waiting %.0fs", wait)
+                if self._stopping.wait(wait):
+                    return []
+                continue
+            if not isinstance(rows, list):
+                raise ExchangeUnavailable(f"{path} answered {str(rows)[:200]} instead of a list of klines")
+            return rows
 
     def _record(self, stream, first, count, filled, error=""):
         with self._lock:

@@ -10,11 +10,13 @@ import csv
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 # Binance's kline intervals and their lengths in ms ("1M" is a calendar
-# month; its nominal length is only used for ordering and sanity checks).
+# month; its nominal length is only used for ordering and sanity checks:
+# step from one candle to the next with `next_open_time`).
 INTERVALS: dict[str, int] = {
     "1s": 1_000,
     "1m": 60_000,
@@ -58,6 +60,22 @@ def check_interval(interval: str) -> str:
     return interval
 
 
+def next_open_time(open_time: int, interval: str) -> int:
+    """Open time of the candle after the one opening at `open_time`. Every
+    interval is a fixed length except "1M": Binance's months are UTC
+    calendar months, so 30 days after 1 February is 2 March, not 1 March."""
+    if interval != "1M":
+        return open_time + INTERVALS[interval]
+    d = datetime.fromtimestamp(open_time / 1000, timezone.utc)
+    year, month = divmod(d.year * 12 + d.month, 12)      # the month after d's, as (year, 0-based month)
+    return int(datetime(year, month + 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def candle_close_time(open_time: int, interval: str) -> int:
+    """Binance's close time: the last millisecond before the next candle."""
+    return next_open_time(open_time, interval) - 1
+
+
 def stream_name(symbol: str, interval: str) -> str:
     """Binance's stream name, e.g. btcusdt@kline_1m."""
     return f"{symbol.lower()}@kline_{interval}"
@@ -76,7 +94,7 @@ class Candle:
     symbol: str
     interval: str
     open_time: int       # ms, the candle's identity together with symbol+interval
-    close_time: int      # ms, open_time + interval - 1
+    close_time: int      # ms, candle_close_time(open_time, interval)
     open: float
     high: float
     low: float

@@ -10,8 +10,13 @@ any kind for FEED_SILENCE_TIMEOUT" is our dead-connection test.
 
 Binance limits that shape this module: 5 incoming messages per second per
 connection (pongs included, so we send at most 4 control messages a second),
-1024 streams per connection (we open another connection beyond that), and a
+1024 streams per connection (we open another connection beyond that, and
+send UNSUBSCRIBEs before SUBSCRIBEs so a full connection has room), and a
 24 h connection lifetime (we rotate before it).
+
+Binance refuses a whole SUBSCRIBE when one of its streams is bad: the
+refused streams are asked for again in halves, so that only the bad stream
+ends up refused.
 """
 import json
 import logging
@@ -23,6 +28,7 @@ import time
 import websocket
 
 from .candles import InvalidCandle, candle_from_kline_event
+from .storage.errors import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,8 @@ class FeedConnection:
         self.active: set[str] = set()       # confirmed by Binance on this connection
         self.inflight: dict[int, tuple[str, list[str], float]] = {}   # id -> (method, params, sent at)
         self.errors: dict[str, str] = {}    # stream -> Binance's error for it
+        # Streams of refused SUBSCRIBEs, to be asked for in these smaller groups.
+        self.retry_groups: list[list[str]] = []
         self.ws: websocket.WebSocket | None = None
         self.connected = False
         self.connected_at = 0.0
@@ -108,10 +116,9 @@ class FeedConnection:
                                 " BINANCE_REST_URL for Binance.US, e.g. wss://stream.binance.us:9443)")
         log.warning("%s: %s", self.name, self.last_error)
         if status in (418, 429):
-            try:
-                return max(1.0, float(headers.get("retry-after", "")))
-            except ValueError:
-                return self.feed.backoff_max  # 418 means banned: never hammer
+            retry_after = retry_after_seconds(headers.get("retry-after"))
+            # 418 means banned: never hammer
+            return self.feed.backoff_max if retry_after is None else max(1.0, retry_after)
         return None
 
     def _connect(self) -> None:
@@ -203,27 +210,51 @@ class FeedConnection:
         with self.feed.lock:
             # Binance answers at once. A reply that never came was lost, and a
             # lost SUBSCRIBE reply would leave the stream unconfirmed, so never
-            # backfilled, while its data flows: ask again.
+            # backfilled, while its data flows: ask again. Binance may have
+            # subscribed those no longer wanted: count them active, so they
+            # are unsubscribed.
             for req_id, (method, params, sent) in list(self.inflight.items()):
                 if now - sent > self.feed.silence_timeout:
                     del self.inflight[req_id]
+                    if method == "SUBSCRIBE":
+                        self.active.update(s for s in params if s not in self.desired)
                     log.warning("%s: no reply to %s (id %d) in %.0fs; asking again",
                                 self.name, method, req_id, now - sent)
-            pending = {s for _, params, _ in self.inflight.values() for s in params}
-            add = sorted(self.desired - self.active - pending)
-            remove = sorted(self.active - self.desired - pending)
-            if add:
-                method, params = "SUBSCRIBE", add[:PARAMS_PER_MESSAGE]
-            elif remove:
-                method, params = "UNSUBSCRIBE", remove[:PARAMS_PER_MESSAGE]
-            else:
+            request = self._next_request()
+            if request is None:
                 return
+            method, params = request
             req_id = self._next_id
             self._next_id += 1
             self.inflight[req_id] = (method, params, now)
         self._last_control = time.monotonic()
         self.ws.send(json.dumps({"method": method, "params": params, "id": req_id}))
         log.debug("%s: %s %s (id %d)", self.name, method, params, req_id)
+
+    def _next_request(self) -> tuple[str, list[str]] | None:
+        """The next control message (under feed.lock). UNSUBSCRIBEs first:
+        Binance handles a connection's messages in order, so a stream being
+        removed frees its place for a SUBSCRIBE sent after it, and only then
+        (a full connection would otherwise get "too many streams")."""
+        subscribing = {s for m, params, _ in self.inflight.values() if m == "SUBSCRIBE" for s in params}
+        unsubscribing = {s for m, params, _ in self.inflight.values() if m == "UNSUBSCRIBE" for s in params}
+        remove = sorted(self.active - self.desired - subscribing - unsubscribing)
+        if remove:
+            return "UNSUBSCRIBE", remove[:PARAMS_PER_MESSAGE]
+        room = self.feed.per_connection - len((self.active | subscribing) - unsubscribing)
+        wanted = self.desired - self.active - subscribing - unsubscribing
+        if room <= 0 or not wanted:
+            return None
+        while self.retry_groups:
+            group = [s for s in self.retry_groups[0] if s in wanted]
+            if group:
+                self.retry_groups[0] = group[room:]
+                if not self.retry_groups[0]:
+                    self.retry_groups.pop(0)
+                return "SUBSCRIBE", group[:room]
+            self.retry_groups.pop(0)
+        add = sorted(wanted)
+        return "SUBSCRIBE", add[:min(room, PARAMS_PER_MESSAGE)]
 
     def _handle_reply(self, msg: dict) -> None:
         with self.feed.lock:
@@ -233,19 +264,27 @@ class FeedConnection:
                 return
             error = msg.get("error") or (msg if "code" in msg else None)
             if error:
-                text = f"Binance refused {method}: {error.get('msg', error)}"
-                log.warning("%s: %s for %s", self.name, text, params)
-                for s in params:
-                    self.errors[s] = text
-                if method == "SUBSCRIBE":  # do not retry a refused stream forever
-                    self.desired.difference_update(params)
+                text = f"Binance refused {method}: {error.get('msg', error) if isinstance(error, dict) else error}"
+                if method == "SUBSCRIBE" and len(params) > 1:
+                    # One bad stream refuses them all: find it by halves.
+                    log.warning("%s: %s for %d streams; asking again in halves", self.name, text, len(params))
+                    half = len(params) // 2
+                    self.retry_groups[:0] = [params[:half], params[half:]]
+                else:
+                    log.warning("%s: %s for %s", self.name, text, params)
+                    for s in params:
+                        self.errors[s] = text
+                    if method == "SUBSCRIBE":  # do not retry a refused stream forever
+                        self.desired.difference_update(params)
             elif method == "SUBSCRIBE":
                 self.active.update(params)
                 for s in params:
                     self.errors.pop(s, None)
-                # Live data flows from here on; what came before is the backfill's job.
-                if self.feed.on_subscribed:
-                    self.feed.on_subscribed(params)
+                # Live data flows from here on; what came before is the backfill's
+                # job, unless the stream was removed while this was on its way.
+                confirmed = [s for s in params if s in self.desired]
+                if confirmed and self.feed.on_subscribed:
+                    self.feed.on_subscribed(confirmed)
             else:
                 self.active.difference_update(params)
             self.feed.changed.notify_all()
@@ -313,6 +352,11 @@ class BinanceFeed:
         with self.lock:
             return sorted(s for c in self.connections for s in c.desired)
 
+    def wants(self, stream: str) -> bool:
+        """Is the stream followed (asked for, whether confirmed yet or not)."""
+        with self.lock:
+            return any(stream in c.desired for c in self.connections)
+
     def add(self, streams: list[str]) -> None:
         """Follow these streams (idempotent); raises StreamLimitError."""
         with self.lock:
@@ -357,7 +401,10 @@ class BinanceFeed:
                 if stream in c.active:
                     return "active"
                 return "pending" if c.connected else "queued"
-            if not subscribe and stream in c.active:
+            # Removed while its SUBSCRIBE was on its way: Binance will
+            # subscribe it, and it is gone only after the UNSUBSCRIBE.
+            if not subscribe and (stream in c.active or any(
+                    m == "SUBSCRIBE" and stream in params for m, params, _ in c.inflight.values())):
                 return "pending" if c.connected else "removed"
         return "removed" if not subscribe else "pending"
 

@@ -33,9 +33,10 @@ WRITER_STOP_SHARE = 5.0
 
 
 class SubscriptionError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after    # seconds, for a Retry-After header on a 503
 
 
 class Services:
@@ -54,7 +55,7 @@ class Services:
         self.feed = BinanceFeed(config, self.ingest)
         self.exchange = BinanceRest(config["BINANCE_REST_URL"])
         self.backfill = Backfiller(self.exchange, self.storage.store, self.ingest,
-                                   config["BACKFILL_INITIAL_CANDLES"])
+                                   config["BACKFILL_INITIAL_CANDLES"], self.feed.wants)
         self.feed.on_subscribed = self.backfill.request
         interval = check_interval(config["BINANCE_INTERVAL"])
         self.feed.add([stream_name(normalize_symbol(s), interval) for s in config["BINANCE_SYMBOLS"]])
@@ -112,7 +113,8 @@ class Services:
             try:
                 known = self.exchange.symbols()
             except ExchangeUnavailable as exc:
-                raise SubscriptionError(503, f"cannot check the symbol with Binance: {exc}") from None
+                raise SubscriptionError(503, f"cannot check the symbol with Binance: {exc}",
+                                        exc.retry_after) from None
             if symbol not in known:
                 raise SubscriptionError(404, f"unknown symbol {symbol}: Binance does not list it as trading")
             try:
@@ -129,7 +131,9 @@ class Services:
         stream = stream_name(symbol, interval)
         self.feed.remove([stream])
         state = self.feed.wait_settled([stream], False, SUBSCRIBE_WAIT)[stream]
-        self.dispatcher.forget((symbol, interval))
+        # After a backfill putting candles of the stream, before any it might put later.
+        with self.backfill.emitting:
+            self.dispatcher.forget((symbol, interval))
         return {"symbol": symbol, "interval": interval, "stream": stream, "status": state}
 
     def subscriptions(self) -> list[dict]:

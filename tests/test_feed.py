@@ -126,3 +126,80 @@ def test_stop_ends_every_thread_promptly(replay_server):
     feed.stop()
     assert time.monotonic() - t0 < 2
     assert not any(t.name.startswith("feed-") for t in threading.enumerate())
+
+
+# -- control messages: refusals, the stream limit, removal while subscribing -----------------
+
+def in_flight(feed, stream) -> bool:
+    with feed.lock:
+        return any(stream in params for c in feed.connections for _, params, _ in c.inflight.values())
+
+
+def test_one_refused_stream_does_not_drop_the_others(make_feed):
+    feed = make_feed(["btcusdt@kline_1m"])
+    wait_until(lambda: feed.connected, 10)
+    good = ["ethusdt@kline_1m"] + [f"coin{i:03d}usdt@kline_1m" for i in range(198)]
+    bad = "BTCUSDT@kline_5m"          # Binance refuses upper-case stream names
+    feed.add([bad, *good])            # one call: one SUBSCRIBE of 200 streams, refused as a whole
+    result = feed.wait_settled([bad, *good], True, 20)
+    assert "Binance refused SUBSCRIBE" in result[bad]
+    assert {s for s in good if result[s] != "active"} == set()
+    assert feed.streams() == sorted(["btcusdt@kline_1m", *good])
+    wait_until(lambda: ("ETHUSDT", "1m") in {c.key for c in drain(feed, 0.3)}, 5, message="ETHUSDT data")
+
+
+def test_a_full_connection_unsubscribes_before_it_subscribes(make_feed, replay_server):
+    """Binance allows 1024 streams per connection: swapping one stream on a
+    full connection must send the UNSUBSCRIBE first."""
+    fillers = [f"coin{i:04d}usdt@kline_1m" for i in range(1023)]
+    feed = make_feed(fillers, FEED_STREAMS_PER_CONNECTION=1024)
+    wait_until(lambda: feed.connected, 10)
+    assert set(feed.wait_settled(fillers, True, 20).values()) == {"active"}
+    replay_server.control("delay-control", delay=0.5, seconds=3)
+    try:
+        feed.add(["btcusdt@kline_1m"])    # the 1024th
+        # While its SUBSCRIBE is on its way, a removal and an addition are both
+        # pending when the next control message goes.
+        wait_until(lambda: in_flight(feed, "btcusdt@kline_1m"), 5, 0.01, "the 1024th SUBSCRIBE sent")
+        feed.remove([fillers[0]])
+        feed.add(["ethusdt@kline_1m"])
+    finally:
+        replay_server.control("delay-control", delay=0, seconds=0)
+    assert feed.wait_settled(["ethusdt@kline_1m"], True, 10) == {"ethusdt@kline_1m": "active"}
+    assert feed.wait_settled([fillers[0]], False, 10) == {fillers[0]: "removed"}
+    assert len(feed.connections) == 1 and len(feed.connections[0].active) == 1024
+    assert not feed.connections[0].errors
+
+
+def test_a_stream_removed_while_its_subscribe_is_in_flight_is_unsubscribed_not_confirmed(make_feed, replay_server):
+    feed = make_feed(["btcusdt@kline_1m"])
+    confirmed = []
+    feed.on_subscribed = confirmed.extend
+    wait_until(lambda: feed.connected, 10)
+    assert feed.wait_settled(["btcusdt@kline_1m"], True, 10) == {"btcusdt@kline_1m": "active"}
+    stream = "ethusdt@kline_5m"
+    replay_server.control("delay-control", delay=1, seconds=5)
+    try:
+        feed.add([stream])
+        wait_until(lambda: in_flight(feed, stream), 5, 0.01, "the SUBSCRIBE sent")
+        feed.remove([stream])
+        # Gone only once Binance has handled the SUBSCRIBE and then our UNSUBSCRIBE.
+        assert feed.wait_settled([stream], False, 10) == {stream: "removed"}
+        wait_until(lambda: not any(c.inflight for c in feed.connections), 10, message="every reply")
+    finally:
+        replay_server.control("delay-control", delay=0, seconds=0)
+    mark = object()
+    feed.ingest.put((mark, "mark"))
+    assert stream not in confirmed            # so never backfilled
+    assert stream not in replay_server.stats()["subscriptions"]
+    after, seen_mark = [], False
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            candle, _ = feed.ingest.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if seen_mark:
+            after.append(candle.key)
+        seen_mark = seen_mark or candle is mark
+    assert ("BTCUSDT", "1m") in after and ("ETHUSDT", "5m") not in after

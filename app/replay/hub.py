@@ -54,6 +54,7 @@ class Connection:
         self.opened = time.monotonic()
         self.handler = threading.current_thread()
         self.received: deque[float] = deque()
+        self.requests: deque[tuple[float, str]] = deque()   # (when to handle, text), in arrival order
         self._close_with: tuple[int, str] | None = None
         hub.subscribe(self, streams)
 
@@ -96,6 +97,8 @@ class Connection:
                         self.ws.sock.send(self.ws.ws.send(Ping()))
                     next_ping = now + hub.ping_interval
                 wait = next_ping - now
+                if self.requests:
+                    wait = min(wait, self.requests[0][0] - now)
                 if hub.max_age:
                     wait = min(wait, self.opened + hub.max_age - now)
                 if self.ws.event.wait(max(0.0, min(wait, 1.0))):
@@ -122,7 +125,11 @@ class Connection:
                 log.info("connection %d: over %d messages/s; disconnecting", self.id, MESSAGES_PER_SECOND)
                 self.close_soon(POLICY_VIOLATION, "Too many requests")
                 return
-            reply = self.hub.handle(self, text if isinstance(text, str) else text.decode("utf-8", "replace"))
+            # A delayed request holds back the ones after it, as a slow link would.
+            due = max(now + self.hub.control_delay(), self.requests[-1][0] if self.requests else 0.0)
+            self.requests.append((due, text if isinstance(text, str) else text.decode("utf-8", "replace")))
+        while self.requests and self.requests[0][0] <= time.monotonic():
+            reply = self.hub.handle(self, self.requests.popleft()[1])
             if not self.hub.silenced:
                 self.ws.send(dumps(reply))
 
@@ -140,10 +147,15 @@ class Hub:
         self.accepted = 0
         self.frames_sent = 0
         self.silent_until = 0.0
+        self.delay_until = 0.0       # control messages arriving before then are handled late
+        self.delay = 0.0
 
     @property
     def silenced(self) -> bool:
         return time.monotonic() < self.silent_until
+
+    def control_delay(self) -> float:
+        return self.delay if time.monotonic() < self.delay_until else 0.0
 
     def count_sent(self) -> None:
         with self.lock:

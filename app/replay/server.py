@@ -11,6 +11,9 @@ Fault controls for tests (not Binance's), all answering JSON:
   POST /_replay/silence?seconds=N          keep connections open, send nothing (no data,
                                            no replies, no pings) for N seconds; the replay
                                            clock runs on and the frames are lost
+  POST /_replay/delay-control?delay=D&seconds=N
+                                           handle control messages (SUBSCRIBE, ...) that arrive
+                                           in the next N seconds D seconds late, then reply
   POST /_replay/shutdown-event             send Binance's serverShutdown event to every
                                            connection (connections stay open)
   POST /_replay/speed?x=N                  change the replay speed from now on
@@ -162,6 +165,14 @@ def _add_controls(app: Flask) -> None:
         seconds = number("seconds", 5)
         replay().hub.silent_until = time.monotonic() + seconds
         return ok(seconds=seconds)
+
+    @app.post("/_replay/delay-control")
+    def delay_control():
+        delay, seconds = number("delay", 1), number("seconds", 5)
+        if not 0 <= delay <= 60:
+            raise BadRequest("delay must be 0 to 60 seconds")
+        replay().hub.delay, replay().hub.delay_until = delay, time.monotonic() + seconds
+        return ok(delay=delay, seconds=seconds)
 
     @app.post("/_replay/shutdown-event")
     def shutdown_event():

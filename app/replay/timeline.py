@@ -23,7 +23,6 @@ consistent with the trade counts but are not Binance's ids.
 """
 from __future__ import annotations
 
-import calendar
 import csv
 import math
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from datetime import datetime, timezone
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
-from app.candles import INTERVALS, dumps, to_ms
+from app.candles import INTERVALS, candle_close_time, dumps, to_ms
 
 MINUTE = INTERVALS["1m"]
 EIGHT_PLACES = Decimal("0.00000001")
@@ -142,14 +141,11 @@ def window(open_time: int, interval: str) -> tuple[int, int]:
     months by the UTC calendar."""
     if interval == "1M":
         d = datetime.fromtimestamp(open_time / 1000, timezone.utc)
-        start = datetime(d.year, d.month, 1, tzinfo=timezone.utc)
-        days = calendar.monthrange(d.year, d.month)[1]
-        t = int(start.timestamp() * 1000)
-        return t, t + days * INTERVALS["1d"] - 1
-    length = INTERVALS[interval]
-    offset = _WEEK_OFFSET if interval == "1w" else 0
-    t = open_time - (open_time - offset) % length
-    return t, t + length - 1
+        t = int(datetime(d.year, d.month, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    else:
+        offset = _WEEK_OFFSET if interval == "1w" else 0
+        t = open_time - (open_time - offset) % INTERVALS[interval]
+    return t, candle_close_time(t, interval)
 
 
 def fmt(value: Decimal) -> str:

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from influxdb_client import Point as InfluxPoint, WritePrecision
 
-from ..candles import INTERVALS, Candle
+from ..candles import Candle, candle_close_time
 
 MEASUREMENT = "crypto_price"
 CHECK_MEASUREMENT = "crypto_price_check"
@@ -39,7 +39,7 @@ def candle_from_fields(symbol: str, interval: str, open_time: int, values: dict)
     """Rebuild a Candle from stored fields. The exchange's event time is not
     stored: a closed candle gets its close time + 1 ms (as the CSV loader
     does), an open one its open time."""
-    close_time = open_time + INTERVALS[interval] - 1
+    close_time = candle_close_time(int(open_time), interval)
     closed = bool(values["closed"])
     return Candle(
         symbol=symbol, interval=interval, open_time=int(open_time), close_time=close_time,
