@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from contextlib import closing
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -300,3 +301,23 @@ def test_a_stale_live_update_never_overwrites_a_stored_closed_candle(tmp_path):
         services.stop()
     assert store.history("BTCUSDT", "1m", limit=10) == BTC[:2]
     assert services.stats()["stale_updates"] == 1
+
+
+def test_a_candle_the_database_refuses_is_dropped_and_the_rest_written(tmp_path, influxd):  # noqa: F811
+    """The probe must not turn a real refusal into a retry loop: influxd
+    refuses a point older than the retention policy, and takes the rest."""
+    db = unique_db("retention")
+    influxd.query(f'CREATE DATABASE "{db}" WITH DURATION 1h')
+    shift = int(time.time() // 60 * 60_000) - BTC[9].open_time
+    recent = [replace(c, open_time=c.open_time + shift, close_time=c.close_time + shift,
+                      event_time=c.event_time + shift) for c in BTC[:10]]
+    store = InfluxStore(influxd.url, db, api="v1", timeout=5)
+    writer = make_writer(store, tmp_path / "spool", flush_interval=10)  # one batch, at stop
+    writer.start()
+    for c in recent[:5] + [BTC[100]] + recent[5:]:
+        writer.submit(c)
+    writer.stop()
+    stats = writer.stats()
+    assert stats["rejected"] == 1 and stats["failures"] == 0 and stats["spool_points"] == 0
+    assert stats["last_error"]["kind"] == "bad_data"
+    assert InfluxStore(influxd.url, db, api="v1").history("BTCUSDT", "1m", limit=100) == recent

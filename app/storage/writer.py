@@ -229,7 +229,7 @@ class Writer:
         self.last_write = now
         return True
 
-    def _write(self, points: list[Point]) -> int:
+    def _write(self, points: list[Point], probed: bool = False) -> int:
         """Write points; ones the database refuses as bad data are found by
         bisection, dropped and counted, so they cannot block the rest. But
         first a well-formed probe point: a database that refuses that too
@@ -241,23 +241,15 @@ class Writer:
         except StorageError as exc:
             if exc.kind != "bad_data":
                 raise
-            self._probe(exc)
-        return self._bisect(points)
-
-    def _bisect(self, points: list[Point]) -> int:
-        try:
-            self.store.write(points)
-            return len(points)
-        except StorageError as exc:
-            if exc.kind != "bad_data":
-                raise
+            if not probed:
+                self._probe(exc)
             if len(points) == 1:
                 self.rejected += 1
                 self._record_error(exc)
                 log.error("database refused candle %s, dropping it: %s", points[0].key, exc.diagnosis)
                 return 0
         mid = len(points) // 2
-        return self._bisect(points[:mid]) + self._bisect(points[mid:])
+        return self._write(points[:mid], True) + self._write(points[mid:], True)
 
     def _probe(self, refusal: StorageError) -> None:
         """Raises unless the database takes the check point (the one
