@@ -26,7 +26,8 @@ from app.storage.influx import InfluxStore
 from app.storage.spool import Spool
 from app.storage.sqlite import SqliteStore
 from tests.dbservers import first_update, influxd, make_writer, recorded, unique_db  # noqa: F401
-from tests.harness import ROOT, free_port, wait_until
+from tests.harness import ROOT, LiveApp, free_port, wait_until
+from tests.test_streaming import Listener
 from tests.test_metrics import parse, value
 
 BTC = recorded()
@@ -321,3 +322,23 @@ def test_a_candle_the_database_refuses_is_dropped_and_the_rest_written(tmp_path,
     assert stats["rejected"] == 1 and stats["failures"] == 0 and stats["spool_points"] == 0
     assert stats["last_error"]["kind"] == "bad_data"
     assert InfluxStore(influxd.url, db, api="v1").history("BTCUSDT", "1m", limit=100) == recent
+
+
+def test_sigterm_with_a_hanging_database_keeps_every_acknowledged_candle(tmp_path, hanging_db, replay_server):
+    """The same under gunicorn: the worker exits by itself within the
+    graceful timeout (not SIGKILLed), and what a client was sent as closed
+    is in the spool."""
+    app = LiveApp(tmp_path, replay_server.url, BINANCE_SYMBOLS="BTCUSDT", INFLUXDB_HOST=hanging_db.url,
+                  INFLUXDB_API="v1", STORAGE_TIMEOUT=60).start()
+    try:
+        client = Listener(app.ws_url + "?symbols=btcusdt@1m")
+        wait_until(lambda: hanging_db.requests, 10, message="the writer's first write to reach the database")
+        wait_until(lambda: sum(u["closed"] for u in client.updates()) >= 20, 20, message="closed candles sent")
+        worker = app.worker_pid()
+    finally:
+        assert app.stop() == 0
+    client.join(10)
+    assert "SIGKILL" not in app.log() and f"Worker exiting (pid: {worker})" in app.log()
+    acknowledged = {u["open_time"] for u in client.updates() if u["closed"]}
+    held = {c.open_time for c in spooled(tmp_path / "spool") if c.closed and c.interval == "1m"}
+    assert acknowledged <= held, sorted(acknowledged - held)[:5]
