@@ -57,7 +57,7 @@ class BinanceRest:
         self._symbols: set[str] = set()
         self._symbols_at = 0.0
         self._symbols_failed: ExchangeUnavailable | None = None
-        self._symbols_failed_at = 0.0
+        self._symbols_retry_at = 0.0            # monotonic; a failed list is not asked for before
         self._symbols_fetch = threading.Lock()  # one exchangeInfo request at a time
 
     def get(self, path: str, **params) -> object:
@@ -125,7 +125,7 @@ class BinanceRest:
         """Symbols Binance lists as trading, cached for `symbols_ttl`. If
         Binance cannot be asked, the previous list (however old) is used, or
         ExchangeUnavailable is raised; either way it is asked again only after
-        `symbols_retry` seconds (or the rate limit's Retry-After)."""
+        its Retry-After, or `symbols_retry` seconds if it gave none."""
         with self._lock:
             if self._symbols and time.monotonic() - self._symbols_at < self.symbols_ttl:
                 return self._symbols
@@ -135,22 +135,22 @@ class BinanceRest:
                 now = time.monotonic()
                 if self._symbols and now - self._symbols_at < self.symbols_ttl:
                     return self._symbols
-                failed = self._symbols_failed if now - self._symbols_failed_at < self.symbols_retry else None
+                failed = self._symbols_failed if now < self._symbols_retry_at else None
             if failed is None:
                 try:
                     return self._fetch_symbols()
                 except ExchangeUnavailable as exc:
                     failed = exc
+                    wait = self.symbols_retry if exc.retry_after is None else max(1.0, exc.retry_after)
                     with self._lock:
-                        self._symbols_failed, self._symbols_failed_at = exc, time.monotonic()
+                        self._symbols_failed, self._symbols_retry_at = exc, time.monotonic() + wait
                     if self._symbols:
                         log.warning("exchange info: keeping the list of %d symbols from %.0fs ago: %s",
                                     len(self._symbols), time.monotonic() - self._symbols_at, exc)
             with self._lock:
                 if self._symbols:
                     return self._symbols
-                now = time.monotonic()
-                again = max(self._symbols_failed_at + self.symbols_retry, self._blocked_until) - now
+                again = self._symbols_retry_at - time.monotonic()
         raise ExchangeUnavailable(f"{failed} (asking Binance again in {max(1, round(again))}s)",
                                   failed.status, max(0.0, again))
 
