@@ -147,11 +147,11 @@ class ClientSession:
         if self.hub.shutting_down:
             self.close(GOING_AWAY, "server shutting down")
             return False
-        if self.output.dead or not self.ws.thread.is_alive():
-            return False
         if self.output.overflowed:
             self.hub.count("closed_output")
             self.close(POLICY_VIOLATION, f"over {self.hub.max_output} bytes of replies unread; read your messages")
+            return False
+        if self.output.dead or not self.ws.thread.is_alive():
             return False
         if msg is None:
             return True
