@@ -117,3 +117,12 @@ def test_top_movers_rank_by_return(store):
         ["BTCUSDT", "ETHUSDT"], key=lambda s: -analysis.analyze(store, s, "1m", "1440")["return_pct"])
     assert movers[0]["return_pct"] >= movers[1]["return_pct"]
     assert analysis.top_movers(store, "5m", "10")["movers"] == []
+
+
+def test_the_candle_budget_counts_every_symbol():
+    analysis.check_budget("1000", "1m", 2, 2000)          # 2000 candles: allowed
+    analysis.check_budget("50000", "1m", 10, None)        # no budget (the CLI)
+    with pytest.raises(ValueError, match="1440 1m candles for each of 2 symbols, 2880 in all"):
+        analysis.check_budget("24h", "1m", 2, 2000)
+    with pytest.raises(ValueError, match="at most 2000 are read"):
+        analysis.check_budget("2001", "1m", 1, 2000)
