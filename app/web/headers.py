@@ -49,9 +49,16 @@ def cross_site_source() -> str | None:
         return None if site in TRUSTED_FETCH_SITES else f"Sec-Fetch-Site: {site}, Origin: {origin}"
     # Host and port only: behind a TLS proxy the page is https:// while we
     # are asked over http://, and a browser omits default ports in both headers.
-    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+    if origin is not None and _host_of(origin) != request.host.lower():
         return f"Origin: {origin}"
     return None
+
+
+def _host_of(origin: str) -> str | None:
+    try:
+        return urlsplit(origin).netloc.lower()
+    except ValueError:  # e.g. "http://[": not an origin any browser sends, so not ours
+        return None
 
 
 def init_app(app):
