@@ -35,8 +35,10 @@ RSS_GROWTH_LIMIT_KB = 16 * 1024
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
     replay = start_replay(speed=60)
+    # Rate limits have their own tests (test_client_hardening); here every
+    # message of a long session must reach the parser.
     app = LiveApp(tmp_path_factory.mktemp("fuzz"), replay.url, BINANCE_SYMBOLS=",".join(SYMBOLS),
-                  WS_BACKLOG=2000).start()
+                  WS_BACKLOG=2000, WS_MAX_MESSAGES_PER_SECOND=10_000).start()
     try:
         yield app, replay
     finally:
@@ -106,10 +108,21 @@ HEADER_VALUE_CHARS = "".join(chr(c) for c in range(0x20, 0x100) if c != 0x7F)
 # Headers whose wrong values would make the request itself unreadable (framing), not malformed input.
 FRAMING = {"host", "content-length", "transfer-encoding", "connection", "expect"}
 
+# Characters that pass a careless check: digits of other scripts and
+# superscripts (str.isdigit() accepts them, int() refuses some), letters of
+# other cases and scripts, marks, format and space characters, symbols.
+ODD_DIGITS = "²³¹⁰₀①١٢٣۴५১௧๑໑༡၁០᠑𝟎𝟘"
+odd_text = st.one_of(
+    st.text(alphabet=ODD_DIGITS + "0123456789", min_size=1, max_size=8),
+    st.text(alphabet=st.characters(categories=("Nd", "No", "Nl", "Lo", "Lt", "Mn", "Me", "Cf", "Zs", "So", "Sm"),
+                                   codec="utf-8"), max_size=12),
+)
+
 segments = st.one_of(
     st.sampled_from(["BTCUSDT", "ethusdt", "SOLUSDT", "BTC-USDT", "b", "X" * 30, "..", "%", "%zz", "%00"]),
     st.text(max_size=30).map(lambda t: quote(t, safe="")),
     st.text(alphabet=URL_CHARS, max_size=30),
+    odd_text.map(lambda t: quote(t, safe="")),
 )
 
 
@@ -122,6 +135,7 @@ def mostly(usual, *unusual):
 # Integers of every magnitude (hypothesis' own integers stay mostly small), and floats.
 numbers = st.one_of(st.integers(), st.floats(), st.builds(lambda sign, digits: sign * 10 ** digits - 1,
                                                           st.sampled_from([-1, 1]), st.integers(0, 40))).map(str)
+numbers = st.one_of(numbers, odd_text)
 symbols = mostly(st.sampled_from(["BTCUSDT", "ethusdt"]), segments)
 intervals = mostly(st.sampled_from(["1m", "5m", "1h", "1d"]),
                    st.sampled_from(list(INTERVALS) + ["7m", "1H", "m1", ""]), st.text(max_size=5))
@@ -151,6 +165,7 @@ query_values = st.one_of(
                      "2020-01-01T00:00:00Z", "2020-13-45", "10000-01-01", "nan", "inf", "", "BTCUSDT"]),
     st.integers().map(str),
     st.text(max_size=40),
+    odd_text,
 )
 junk_queries = st.one_of(
     st.lists(st.tuples(st.text(max_size=10), query_values), max_size=3).map(urlencode),
@@ -210,7 +225,8 @@ json_values = st.recursive(
     max_leaves=10)
 target_names = mostly(st.sampled_from(["BTCUSDT", "ethusdt@1m", "btcusdt@kline_5m", "ETHUSDT@1M", "BTCUSDT@1d"]),
                       st.sampled_from(["BTC-USDT", "@", "x@7m", "btcusdt@kline_", "BTCUSDT@1m:5", ""]),
-                      st.text(max_size=15))
+                      st.text(max_size=15), odd_text,
+                      odd_text.map(lambda t: f"BTCUSDT@{t}"), odd_text.map(lambda t: f"{t}@1m"))
 actions = st.fixed_dictionaries(
     {"action": mostly(st.sampled_from(["subscribe", "unsubscribe", "ping"]),
                       st.sampled_from(["dance", "", "PING"]), json_values)},
@@ -218,10 +234,16 @@ actions = st.fixed_dictionaries(
                                 st.lists(st.one_of(target_names, json_values), max_size=5), json_values)})
 oversized = st.integers(MAX_MESSAGE_BYTES + 1, 4 * MAX_MESSAGE_BYTES).flatmap(
     lambda n: st.sampled_from(["x" * n, b"\0" * n]))
-messages = mostly(actions.map(json.dumps),
+# As deep as fits in one message: a recursive parser's stack is not.
+nested = st.tuples(st.integers(1, MAX_MESSAGE_BYTES // 2), st.sampled_from(["[]", "{}", "sym"])).map(
+    lambda dk: "[" * dk[0] + "]" * dk[0] if dk[1] == "[]" else
+    '{"a":' * (dk[0] // 5) + "1" + "}" * (dk[0] // 5) if dk[1] == "{}" else
+    '{"action":"subscribe","symbols":' + "[" * (dk[0] // 2) + "]" * (dk[0] // 2) + "}")
+messages = mostly(actions.map(json.dumps), nested,
                   json_values.map(json.dumps), st.text(max_size=100), st.binary(max_size=100), oversized,
                   st.tuples(st.sampled_from(["subscribe:", "unsubscribe:"]), target_names).map("".join))
-resume_items = st.tuples(target_names, mostly(st.integers(0, 10 ** 6).map(str), numbers, st.text(max_size=5)))
+resume_items = st.tuples(target_names, mostly(st.integers(0, 10 ** 6).map(str), numbers, st.text(max_size=5),
+                                              odd_text))
 ws_queries = st.fixed_dictionaries({}, optional={
     "symbols": st.lists(target_names, max_size=4).map(",".join),
     "batch": mostly(st.sampled_from(["50ms", "100ms", "1s", "10s"]), st.sampled_from(["0", "11s", "-1ms", "ms"]),
@@ -265,26 +287,97 @@ def next_reply(received) -> dict | int:
             return msg
 
 
+def run_session(app, query: str, sent: list) -> None:
+    """Every message is answered in order, or the session ends with the
+    close code its message calls for."""
+    ws = websocket.create_connection(app.ws_url + ("?" + query if query else ""), timeout=10)
+    received = from_server(ws)
+    try:
+        closed = opened(received)
+        if closed is not None:
+            assert closed == CLOSE_BAD_QUERY, (query, closed)
+            return
+        for msg in sent:
+            ws.send(msg, websocket.ABNF.OPCODE_BINARY if isinstance(msg, bytes) else websocket.ABNF.OPCODE_TEXT)
+            reply = next_reply(received)
+            size = len(msg if isinstance(msg, bytes) else msg.encode())
+            if size > MAX_MESSAGE_BYTES:
+                assert reply == CLOSE_TOO_BIG, (msg[:50], reply)
+                return
+            assert isinstance(reply, dict) and reply["type"] in ("pong", "error", "subscriptions"), (msg[:80], reply)
+    finally:
+        ws.close()
+
+
 def test_random_websocket_sessions_are_answered_or_closed_with_their_code(unharmed):
     @settings(FUZZ, max_examples=1000)
     @given(query=ws_queries, sent=st.lists(messages, min_size=1, max_size=6))
     def one(query, sent):
-        ws = websocket.create_connection(unharmed.ws_url + ("?" + query if query else ""), timeout=10)
-        received = from_server(ws)
-        try:
-            closed = opened(received)
-            if closed is not None:
-                assert closed == CLOSE_BAD_QUERY, (query, closed)
-                return
-            for msg in sent:
-                ws.send(msg, websocket.ABNF.OPCODE_BINARY if isinstance(msg, bytes) else websocket.ABNF.OPCODE_TEXT)
-                reply = next_reply(received)
-                size = len(msg if isinstance(msg, bytes) else msg.encode())
-                if size > MAX_MESSAGE_BYTES:
-                    assert reply == CLOSE_TOO_BIG, (msg[:50], reply)
-                    return
-                assert isinstance(reply, dict) and reply["type"] in ("pong", "error", "subscriptions"), (msg, reply)
-        finally:
-            ws.close()
+        run_session(unharmed, query, sent)
+
+    one()
+
+
+def test_long_websocket_sessions_are_answered_to_the_end(unharmed):
+    """State that grows with a session (filters, replies, output) is where a
+    short session finds nothing."""
+    long_messages = mostly(actions.map(json.dumps), nested, st.text(max_size=100))
+
+    @settings(FUZZ, max_examples=25)
+    @given(query=ws_queries, sent=st.lists(long_messages, min_size=100, max_size=400))
+    def one(query, sent):
+        run_session(unharmed, query, sent)
+
+    one()
+
+
+# -- Other sites' pages ------------------------------------------------------------------
+schemes = st.sampled_from(["http", "https", "null", "file", "chrome-extension", "HTTP", ""])
+odd_hosts = st.sampled_from(["evil.example", "127.0.0.1", "localhost", "127.0.0.1:1", "[::1]", "[", "[::1",
+                             "[::1]:99999", "127.0.0.1:x", "127.0.0.1.evil.example", "xn--80ak6aa92e.com", "",
+                             "user:pw@127.0.0.1", "127.0.0.1:{port}@evil.example", "evil.example#127.0.0.1:{port}"])
+foreign_origins = mostly(
+    st.tuples(schemes, odd_hosts).map(lambda sh: f"{sh[0]}://{sh[1]}"),
+    st.tuples(schemes, st.text(alphabet=URL_CHARS + "[]", max_size=20)).map(lambda sh: f"{sh[0]}://{sh[1]}"),
+    st.sampled_from(["null", "", "http://", "*"]),
+    st.text(alphabet=HEADER_VALUE_CHARS, max_size=40),
+)
+
+
+@st.composite
+def cross_site_posts(draw):
+    """A state-changing request as a browser on another site sends it."""
+    symbol = draw(st.sampled_from(SYMBOLS))
+    action = draw(st.sampled_from(["subscribe", "unsubscribe"]))
+    marks = draw(st.sampled_from(["fetch-site", "origin", "both"]))
+    extra = draw(headers)
+    site = draw(st.sampled_from(["cross-site", "same-site"]))
+    origin = draw(foreign_origins)
+    header_list = [h for h in extra if h[0].lower() not in ("origin", "sec-fetch-site")]
+    if marks in ("fetch-site", "both"):
+        header_list.append(("Sec-Fetch-Site", site))
+    if marks in ("origin", "both"):
+        header_list.append(("Origin", origin))
+    return f"/symbol/{symbol}/{action}?interval=1m", header_list, marks
+
+
+def test_pages_on_other_sites_change_nothing(unharmed):
+    before = {s["stream"] for s in unharmed.get("/symbols")[1]}
+
+    @settings(FUZZ, max_examples=400)
+    @given(request=cross_site_posts())
+    def one(request):
+        target, header_list, marks = request
+        header_list = [(k, v.replace("{port}", str(unharmed.port))) for k, v in header_list]
+        origin = dict((k.lower(), v) for k, v in header_list).get("origin", "")
+        status, body = send(unharmed, "POST", target, header_list, b"")
+        assert status < 500, (request, status, body[:300])
+        assert_no_traceback(body)
+        if marks == "origin" and origin.lower() in (f"http://127.0.0.1:{unharmed.port}",
+                                                    f"https://127.0.0.1:{unharmed.port}"):
+            return  # the same host after all
+        # 403, or 400 where other headers make the request unreadable
+        assert status in (400, 403), (request, status, body[:300])
+        assert {s["stream"] for s in unharmed.get("/symbols")[1]} == before
 
     one()
