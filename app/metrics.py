@@ -51,6 +51,15 @@ class ServicesCollector(Collector):
         yield counter("websocket_dropped", "WebSocket clients dropped for not reading.", clients["dropped_slow"])
         yield counter("websocket_resynced", "WebSocket clients that fell behind and were sent a new snapshot.",
                       clients["resynced_lagging"])
+        yield counter("websocket_rejected_per_ip", "WebSocket clients refused because their address had "
+                      "WS_MAX_CLIENTS_PER_IP connections.", clients["rejected_per_ip"])
+        closed = CounterMetricFamily(PREFIX + "websocket_closed", "WebSocket clients closed for what they sent "
+                                     "(1008): over their output bound, flooding, a bad query.", labels=["reason"])
+        for reason in ("output_limit", "flooding", "bad_input"):
+            closed.add_metric([reason], clients["closed_" + reason])
+        yield closed
+        yield counter("websocket_refused_messages", "Client messages refused by the rate limit.",
+                      clients["refused_messages"])
         yield counter("websocket_messages_sent", "Messages sent to WebSocket clients.", clients["messages_sent"])
         yield counter("websocket_frames_sent", "WebSocket frames sent (a batch is one frame).", clients["frames_sent"])
         backfill = s["backfill"]

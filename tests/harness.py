@@ -63,6 +63,8 @@ class LiveApp:
             "FEED_BACKOFF_MAX": "2",
             "LOG_LEVEL": "INFO",
             "WS_MAX_CLIENTS": "100",
+            # every test client comes from 127.0.0.1
+            "WS_MAX_CLIENTS_PER_IP": "100",
             **({"BINANCE_WS_URL": "ws" + replay_url[4:], "BINANCE_REST_URL": replay_url} if replay_url else {}),
             **{k: str(v) for k, v in env.items()},
         }
