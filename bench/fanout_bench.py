@@ -11,22 +11,31 @@
    price_update messages per second and latency from the exchange's send to
    the client's read, p50/p99, median of --repeats runs, for one update per
    frame and for ?batch=50ms.
+3. Hostile clients (--hostile-clients N): N clients' latency on one server,
+   in runs interleaved with and without two hostile clients (one sending
+   unsubscribe messages of distinct symbols under the rate limit for ever,
+   one never reading), each reconnecting whenever it is closed.
 
 Everything runs on this machine: the load generator and the replay exchange
 take CPU from the server, so the numbers are a floor for the server alone.
 """
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
 import queue
+import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+
+import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -125,12 +134,86 @@ def fan_out(clients: list[int], seconds: float, repeats: int, speed: float) -> l
     return rows
 
 
+class Hostile:
+    """Two clients that try to hurt the others, each in its own thread,
+    reconnecting whenever the server closes them: one sends unsubscribe
+    messages of 200 distinct symbols under the rate limit for ever, one
+    follows everything and never reads."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(f,), name=f.__name__, daemon=True)
+                        for f in (self._flood, self._never_read)]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+    def _loop(self, session) -> None:
+        while not self.stop.is_set():
+            try:
+                session()
+            except (OSError, websocket.WebSocketException):
+                self.stop.wait(0.1)
+
+    def _flood(self) -> None:
+        ws = websocket.create_connection(self.url, timeout=5)
+        try:
+            for n in itertools.count():
+                symbols = [f"Z{n:06d}{i:03d}"[:20] for i in range(200)]
+                ws.send(json.dumps({"action": "unsubscribe", "symbols": symbols}))
+                if self.stop.wait(0.11):  # just under 10 messages a second
+                    return
+        finally:
+            ws.close()
+
+    def _never_read(self) -> None:
+        ws = websocket.create_connection(self.url, timeout=5,
+                                         sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+        try:
+            while not self.stop.wait(0.5):
+                ws.ping()  # fails once the server has given up on it
+        finally:
+            ws.close()
+
+
+def hostile(n: int, seconds: float, repeats: int, speed: float) -> list[dict]:
+    """n clients' latency with and without the two hostile ones, runs
+    interleaved on one server so both see the same machine."""
+    runs = {"quiet": [], "hostile": []}
+    with serving(speed, n + 2) as app:
+        for _ in range(repeats):
+            runs["quiet"].append(wsload.run(app.ws_url, n, seconds))
+            with Hostile(app.ws_url):
+                runs["hostile"].append(wsload.run(app.ws_url, n, seconds))
+        stats = app.get("/stats")[1]["clients"]
+    rows = []
+    for kind, rs in runs.items():
+        row = {"run": kind, "clients": n,
+               "delivered_per_s": statistics.median(r["delivered_per_s"] for r in rs),
+               "p50_ms": median_or_none(r["p50_ms"] for r in rs),
+               "p99_ms": median_or_none(r["p99_ms"] for r in rs)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"hostile_clients_closed": {k: stats[k] for k in (
+        "dropped_slow", "closed_output_limit", "closed_flooding", "refused_messages")}}), flush=True)
+    return rows
+
+
 @contextlib.contextmanager
 def serving(speed: float, clients: int):
     """The replay exchange and the app under gunicorn following 30 streams."""
     replay = start_replay(speed=speed, event_time="wall")
     app = LiveApp(Path(tempfile.mkdtemp(prefix="bench-")), replay.url, BINANCE_SYMBOLS="BTCUSDT,ETHUSDT",
-                  WS_MAX_CLIENTS=clients + 10, BACKFILL_INITIAL_CANDLES=0, LOG_LEVEL="WARNING")
+                  WS_MAX_CLIENTS=clients + 10, WS_MAX_CLIENTS_PER_IP=clients + 10,
+                  BACKFILL_INITIAL_CANDLES=0, LOG_LEVEL="WARNING")
     try:
         app.start()
         for symbol in ("BTCUSDT", "ETHUSDT"):
@@ -152,6 +235,8 @@ def main():
     parser.add_argument("--speed", type=float, default=300,
                         help="replay speed: 300 gives 5 replayed minutes a second, ~750 updates/s on 30 streams")
     parser.add_argument("--ingest-messages", type=int, default=100_000)
+    parser.add_argument("--hostile-clients", type=int, default=200,
+                        help="clients measured with and without a flooding and a non-reading client (0: skip)")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")
@@ -162,6 +247,13 @@ def main():
           f"parse + dispatch {statistics.median(r[1] for r in runs):,.0f} msg/s "
           f"(median of {args.repeats} x {args.ingest_messages:,} messages)")
 
+    if args.hostile_clients:
+        rows = hostile(args.hostile_clients, args.seconds, args.repeats, args.speed)
+        print(f"\n| run | clients | delivered msg/s | p50 ms | p99 ms |\n|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['run']} | {r['clients']} | {r['delivered_per_s']:,.0f} | {r['p50_ms']} | {r['p99_ms']} |")
+    if not args.clients:
+        return
     rows = fan_out([int(c) for c in args.clients.split(",")], args.seconds, args.repeats, args.speed)
     print("\n| mode | clients | offered msg/s | delivered msg/s | p50 ms | p99 ms | dropped | resynced | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
