@@ -145,32 +145,32 @@ class Backfiller(Worker):
             # differ in length, and Binance answers from the first candle
             # opening at or after startTime.
             params = {"startTime": last + 1, "limit": PAGE}
-        held = None          # newest row so far: closed only if a later one comes
+        newest = None        # open time of the newest row so far: closed only if a later one comes
         got, first = 0, None
         complete = False
         for _ in range(MAX_PAGES):
             rows = self._get("/api/v3/klines", symbol=symbol, interval=interval, **params)
-            if held is not None:
-                rows = [row for row in rows if int(row[0]) > int(held[0])]
-            if not rows or self._stopping.is_set():
-                complete = True
+            if self._stopping.is_set() or not rows or (newest is not None and int(rows[-1][0]) <= newest):
+                complete = True      # nothing after the newest row: it is the open candle
                 break
-            missing = self._missing(symbol, interval, ([held] if held is not None else []) + rows[:-1])
+            missing = self._missing(symbol, interval, rows[:-1])
             if not self._emit(stream, symbol, interval, missing):
                 return True
             got += len(missing)
             if missing and first is None:
                 first = int(missing[0][0])
-            held = rows[-1]
+            newest = int(rows[-1][0])
             # A short page normally ends at the open candle. Binance may also
             # answer fewer rows than asked for other reasons, so a short page
             # ends the backfill only when its last row is still open by our
-            # clock; otherwise the next page (empty at the present) decides.
+            # clock; otherwise the next page decides.
             if last is None or (len(rows) < params["limit"]
-                                and candle_close_time(int(held[0]), interval) >= time.time() * 1000):
+                                and candle_close_time(newest, interval) >= time.time() * 1000):
                 complete = True
                 break
-            params["startTime"] = int(held[0]) + 1
+            # The next page starts with the newest row again: asked for now,
+            # it carries the values the candle closed with, if it has closed.
+            params["startTime"] = newest
         else:
             log.warning("backfill of %s: %d pages fetched and more to come; continuing later",
                         stream, MAX_PAGES)

@@ -2,6 +2,7 @@
 the case, else a small Binance-like klines server on 127.0.0.1 (the replay
 derives everything from one recorded day of 1m candles: no months, no 1s
 candles, no short pages). Candles are stored in a real SQLite store."""
+import itertools
 import json
 import queue
 import threading
@@ -85,7 +86,8 @@ class KlinesServer:
 
     def row(self, t: int, now: int) -> list:
         c = candle("ANY", self.interval, t)
-        return [t, str(c.open), str(c.high), str(c.low), str(c.close), str(c.volume), c.close_time,
+        volume = c.volume if c.close_time < now else c.volume / 2     # the open candle: traded so far
+        return [t, str(c.open), str(c.high), str(c.low), str(c.close), str(volume), c.close_time,
                 str(c.quote_volume), c.trades, "1.0", "1.0", "0"]
 
     def stop(self):
@@ -187,6 +189,19 @@ def test_short_pages_do_not_end_the_backfill(klines, store, backfiller):
     assert got == list(range(first + 10 * minute, got[-1] + minute, minute))
     assert got[-1] >= now - minute
     assert len(server.requests) <= 2000 // 300 + 2
+
+
+def test_a_candle_that_closes_between_pages_has_its_final_values(klines, store, backfiller):
+    """The exchange's clock moves on between two requests (the replay's is
+    far behind ours): the open candle ending one page has closed by the next."""
+    minute = INTERVALS["1m"]
+    first = ms(2024, 5, 1)
+    requests = itertools.count()
+    server = klines("1m", first, now=lambda: first + (20 + min(1, next(requests))) * minute + 1)
+    store_candles(store, "BTCUSDT", "1m", range(first, first + 10 * minute, minute))
+    got = backfilled(backfiller(server.url, store), "btcusdt@kline_1m")
+    assert [c.open_time for c in got] == list(range(first + 10 * minute, first + 21 * minute, minute))
+    assert {c.volume for c in got} == {2.0}
 
 
 def test_a_hole_older_than_a_thousand_1s_candles_is_found(klines, store, backfiller):
