@@ -60,6 +60,16 @@ class ServicesCollector(Collector):
         yield closed
         yield counter("websocket_refused_messages", "Client messages refused by the rate limit.",
                       clients["refused_messages"])
+        pauses = CounterMetricFamily(PREFIX + "gc_pause_seconds", "Time every thread stood still for garbage "
+                                     "collection, by generation.", labels=["generation"])
+        longest = GaugeMetricFamily(PREFIX + "gc_longest_pause_seconds", "The longest garbage-collection pause "
+                                    "since start, by generation.", labels=["generation"])
+        for gen in range(3):
+            g = s["gc"][f"gen{gen}"]
+            pauses.add_metric([str(gen)], g["pause_seconds_total"])
+            longest.add_metric([str(gen)], g["longest_pause_ms"] / 1000)
+        yield pauses
+        yield longest
         yield counter("websocket_messages_sent", "Messages sent to WebSocket clients.", clients["messages_sent"])
         yield counter("websocket_frames_sent", "WebSocket frames sent (a batch is one frame).", clients["frames_sent"])
         backfill = s["backfill"]

@@ -8,6 +8,7 @@
 `Services` owns them all: it builds them, starts them in the serving process,
 and stops them in the reverse order so nothing is lost on the way out.
 """
+import gc
 import logging
 import queue
 import threading
@@ -19,6 +20,7 @@ from .clients import ClientHub
 from .dispatch import Dispatcher
 from .exchange import BinanceRest, ExchangeUnavailable
 from .feed import BinanceFeed, StreamLimitError
+from .gcpauses import GcPauses
 from .prices import PriceBook
 from .storage import open_storage
 from .updates import UpdateLog
@@ -61,6 +63,7 @@ class Services:
         self.feed.add([stream_name(normalize_symbol(s), interval) for s in config["BINANCE_SYMBOLS"]])
         self.refusals: dict[str, int] = {}
         self._refusals_lock = threading.Lock()
+        self.gc_pauses = GcPauses()
 
     def count_refusal(self, reason: str) -> None:
         """Refused requests by reason (api_key, origin), for /stats."""
@@ -73,11 +76,17 @@ class Services:
 
     def start(self) -> None:
         self.started_at = time.time()
+        self.gc_pauses.install()
         self.storage.writer.start()
         self.hub.start()
         self.dispatcher.start()
         self.backfill.start()
         self.feed.start()
+        # What exists now (modules, the app, the services) lives as long as
+        # the process. Out of the collector's sight, it no longer lengthens
+        # every full collection: ~60 ms of each one on this machine.
+        gc.collect()
+        gc.freeze()
         log.info("services started: %d streams from %s", len(self.feed.streams()), self.feed.ws_base)
 
     def stop(self) -> None:
@@ -95,6 +104,8 @@ class Services:
         self.dispatcher.stop(share())
         self.hub.stop(share())
         self.storage.writer.stop(max(WRITER_STOP_SHARE / 2, deadline - time.monotonic()))
+        self.gc_pauses.remove()
+        gc.unfreeze()
         log.info("services stopped")
 
     # -- subscriptions ------------------------------------------------------
@@ -185,4 +196,5 @@ class Services:
             "refusals": self._refusal_counts(),
             "storage": self.storage.writer.stats(),
             "backfill": self.backfill.stats(),
+            "gc": self.gc_pauses.stats(),
         }

@@ -63,9 +63,10 @@ class Client:
                 self.latencies.append(now_ms - int(m.group(1)))
 
 
-def run(url: str, clients: int, seconds: float, warmup: float = 2.0) -> dict:
+def run(url: str, clients: int, seconds: float, warmup: float = 2.0, keep_latencies: bool = False) -> dict:
     """Connect `clients` clients, read for `seconds` after a warm-up; returns
-    delivered messages per second and latency percentiles in ms."""
+    delivered messages per second and latency percentiles in ms (and every
+    latency sample, with keep_latencies)."""
     conns = [Client(url) for _ in range(clients)]
     sel = selectors.EpollSelector()
     for c in conns:
@@ -97,4 +98,4 @@ def run(url: str, clients: int, seconds: float, warmup: float = 2.0) -> dict:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None
 
     return {"clients": clients, "delivered_per_s": round(sum(c.messages for c in conns) / elapsed),
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), **({"latencies": lat} if keep_latencies else {})}

@@ -45,13 +45,23 @@ def messages_until(ws, predicate, timeout: float = 10.0) -> list[dict]:
     raise AssertionError(f"no such message within {timeout}s: {out[-5:]}")
 
 
-def close_code(ws, timeout: float = 10.0) -> int:
+class CloseCode(int):
+    """A close code that shows its reason in an assertion's message."""
+    reason = ""
+
+    def __repr__(self):
+        return f"{int(self)} ({self.reason!r})"
+
+
+def close_code(ws, timeout: float = 10.0) -> CloseCode:
     """Read raw frames until the server's close frame; its code."""
     ws.settimeout(timeout)
     while True:
         frame = ws.recv_frame()
         if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
-            return int.from_bytes(frame.data[:2], "big")
+            code = CloseCode(int.from_bytes(frame.data[:2], "big"))
+            code.reason = frame.data[2:].decode("utf-8", "replace")
+            return code
 
 
 def not_update(msg) -> bool:

@@ -1,6 +1,6 @@
 import struct
 
-from app.updates import UpdateLog, text_frame
+from app.updates import SEQ, STREAM_SEQ, UpdateLog, text_frame
 
 
 def test_frames_are_valid_unmasked_text_frames():
@@ -24,9 +24,20 @@ def test_readers_get_everything_in_order_then_fall_off_the_ring():
     cursor = log.next_seq
     log.append([(("BTCUSDT", "1m"), i, b'{"i":%d}' % i) for i in range(3)])
     entries, cursor2 = log.read(cursor)
-    assert [e.stream_seq for e in entries] == [0, 1, 2] and cursor2 == 3
+    assert [e[STREAM_SEQ] for e in entries] == [0, 1, 2] and cursor2 == 3
     assert log.read(cursor2) == ([], 3)
     log.append([(("BTCUSDT", "1m"), i, b"{}") for i in range(3, 8)])
     assert log.read(cursor2) is None  # seq 3 was overwritten: too far behind
     entries, _ = log.read(4)
-    assert [e.seq for e in entries] == [4, 5, 6, 7]
+    assert [e[SEQ] for e in entries] == [4, 5, 6, 7]
+
+
+def test_a_full_log_adds_nothing_for_the_garbage_collector_to_walk():
+    """Every full collection walks every tracked object and stops every
+    thread meanwhile: WS_BACKLOG entries must not be among them."""
+    import gc
+    log = UpdateLog(1000)
+    log.append([(("BTCUSDT", "1m"), i, b'{"i":%d}' % i) for i in range(1000)])
+    gc.collect()
+    entries, _ = log.read(0, limit=1000)
+    assert not any(gc.is_tracked(e) or gc.is_tracked(e[1]) for e in entries)

@@ -28,18 +28,18 @@ def plan(updates: UpdateLog, prices: PriceBook, epoch: str, last: dict, client_e
             "message": "sequence numbers restarted; reload from /history"}], restarted=True)
     start = max(0, cursor - updates.capacity + 1)
     read = updates.read(start, limit=updates.capacity)
-    first_seen: dict = {}
-    for e in read[0] if read else []:
-        if e.key in last and e.stream_seq > last[e.key]:
-            first_seen.setdefault(e.key, e)
+    first_seen: dict = {}   # stream -> (log seq, stream seq) of its first update the client lacks
+    for log_seq, key, stream_seq, _, _ in read[0] if read else []:
+        if key in last and stream_seq > last[key]:
+            first_seen.setdefault(key, (log_seq, stream_seq))
     current = {c.key: seq for c, seq in prices.snapshot()}
     gaps = []
     for key, seq in last.items():
         # The first update held after the client's last one; if none is
         # held, the stream's latest tells whether any were missed.
-        held = first_seen[key].stream_seq if key in first_seen else current.get(key, 0) + 1
+        held = first_seen[key][1] if key in first_seen else current.get(key, 0) + 1
         if held > seq + 1:
             gaps.append({"type": "gap", "reason": "history exceeded", "stream": label(key),
                          "from_seq": seq + 1, "to_seq": held - 1,
                          "message": "these updates are no longer held; reload from /history"})
-    return Resume(min((e.seq for e in first_seen.values()), default=cursor), gaps, dict(last), cursor)
+    return Resume(min((log_seq for log_seq, _ in first_seen.values()), default=cursor), gaps, dict(last), cursor)

@@ -16,7 +16,7 @@ from simple_websocket import ConnectionClosed
 
 from ..candles import dumps
 from ..client_protocol import ClientError, parse_batch, parse_message, parse_resume, parse_symbols
-from ..updates import text_frame
+from ..updates import FRAME, KEY, PAYLOAD, STREAM_SEQ, text_frame
 from . import resume
 from .filters import Filters
 from .output import Output
@@ -298,13 +298,13 @@ class ClientSession:
         if not entries:
             return b"", 0, 0
         if self.batch_interval:
-            return text_frame(b"[" + b",".join(e.payload for e in entries) + b"]"), len(entries), 1
-        return b"".join(e.frame for e in entries), len(entries), len(entries)
+            return text_frame(b"[" + b",".join(e[PAYLOAD] for e in entries) + b"]"), len(entries), 1
+        return b"".join(e[FRAME] for e in entries), len(entries), len(entries)
 
     def _select(self, entries, end: int, filters: Filters) -> list:
-        wanted = [e for e in entries if filters.wanted(e.key)]
+        wanted = [e for e in entries if filters.wanted(e[KEY])]
         if self._skip:
-            wanted = [e for e in wanted if e.stream_seq > self._skip.get(e.key, 0)]
+            wanted = [e for e in wanted if e[STREAM_SEQ] > self._skip.get(e[KEY], 0)]
             if end >= self._skip_until:  # past the resume point: nothing more to skip
                 self._skip = {}
         return wanted
