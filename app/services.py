@@ -76,17 +76,18 @@ class Services:
 
     def start(self) -> None:
         self.started_at = time.time()
+        # What exists now (modules, the app, the services) lives as long as
+        # the process. Out of the collector's sight, it no longer lengthens
+        # every full collection: ~60 ms of each one on this machine. Before
+        # the threads start, so this one collection pauses nobody.
+        gc.collect()
+        gc.freeze()
         self.gc_pauses.install()
         self.storage.writer.start()
         self.hub.start()
         self.dispatcher.start()
         self.backfill.start()
         self.feed.start()
-        # What exists now (modules, the app, the services) lives as long as
-        # the process. Out of the collector's sight, it no longer lengthens
-        # every full collection: ~60 ms of each one on this machine.
-        gc.collect()
-        gc.freeze()
         log.info("services started: %d streams from %s", len(self.feed.streams()), self.feed.ws_base)
 
     def stop(self) -> None:

@@ -90,6 +90,7 @@ def main():
                    "rss_mb": rss_mb(worker),
                    "gc2": stats["gc"]["gen2"]["collections"],
                    "gc2_longest_ms": stats["gc"]["gen2"]["longest_pause_ms"],
+                   "gc2_longest_cpu_ms": stats["gc"]["gen2"]["longest_pause_cpu_ms"],
                    "gc1_longest_ms": stats["gc"]["gen1"]["longest_pause_ms"]}
             windows.append(row)
             print(json.dumps(row), flush=True)
