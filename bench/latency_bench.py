@@ -83,18 +83,19 @@ def main():
         while (left := run_end - time.monotonic()) > 1:
             r = wsload.run(app.ws_url, args.clients, min(args.window, left), warmup=1.0, keep_latencies=True)
             stats = app.get("/stats")[1]
+            gc2 = stats.get("gc", {}).get("gen2", {})
             everything.extend(r["latencies"])
             row = {"t_s": round(args.minutes * 60 - (run_end - time.monotonic())),
                    "delivered_per_s": r["delivered_per_s"], **summary(r["latencies"]),
                    "log_full": stats["messages_in"] >= args.backlog,
                    "rss_mb": rss_mb(worker),
-                   "gc2": stats["gc"]["gen2"]["collections"],
-                   "gc2_longest_ms": stats["gc"]["gen2"]["longest_pause_ms"],
-                   "gc2_longest_cpu_ms": stats["gc"]["gen2"]["longest_pause_cpu_ms"],
-                   "gc1_longest_ms": stats["gc"]["gen1"]["longest_pause_ms"]}
+                   # older servers have no "gc" section
+                   "gc2": gc2.get("collections"),
+                   "gc2_longest_ms": gc2.get("longest_pause_ms"),
+                   "gc2_longest_cpu_ms": gc2.get("longest_pause_cpu_ms")}
             windows.append(row)
             print(json.dumps(row), flush=True)
-        gc = app.get("/stats")[1]["gc"]
+        gc = app.get("/stats")[1].get("gc", {"gen2": {}})
         total = {**summary(everything), "peak_rss_mb": peak_rss_mb(worker), "gc": gc}
         print(json.dumps({"whole_run": total}), flush=True)
         print("\n| window end s | msg/s | p50 ms | p99 ms | p99.9 ms | max ms | RSS MB | gen2 GCs | longest gen2 ms |")
@@ -103,7 +104,8 @@ def main():
             print(f"| {w['t_s']} | {w['delivered_per_s']:,} | {w['p50_ms']} | {w['p99_ms']} | {w['p999_ms']} "
                   f"| {w['max_ms']} | {w['rss_mb']} | {w['gc2']} | {w['gc2_longest_ms']} |")
         print(f"| whole run | | {total['p50_ms']} | {total['p99_ms']} | {total['p999_ms']} | {total['max_ms']} "
-              f"| peak {total['peak_rss_mb']} | {gc['gen2']['collections']} | {gc['gen2']['longest_pause_ms']} |")
+              f"| peak {total['peak_rss_mb']} | {gc['gen2'].get('collections')} "
+              f"| {gc['gen2'].get('longest_pause_ms')} |")
     finally:
         app.stop()
         stop_replay(replay)
