@@ -11,15 +11,17 @@ $(BIN)/python:
 install: $(BIN)/python static-vendor
 	$(BIN)/pip install -q -r requirements.txt
 
-# The dashboard's chart library, pinned in package-lock.json. Without npm the
-# dashboard still works, minus the chart (it says so on the page).
+# The dashboard's chart library and the /docs page's Swagger UI, pinned in
+# package-lock.json. Without npm both pages still work, minus the chart and
+# the interactive API browser (they say so).
 CHART_JS := node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js
+SWAGGER_UI := $(addprefix node_modules/swagger-ui-dist/,swagger-ui-bundle.js swagger-ui.css)
 static-vendor:
 	@if command -v npm >/dev/null 2>&1; then \
 		{ npm ci --no-audit --no-fund --loglevel=error && \
-		  mkdir -p app/static/vendor && cp $(CHART_JS) app/static/vendor/; } || \
-		echo "npm ci failed: the dashboard will run without its chart"; \
-	else echo "npm not found: the dashboard will run without its chart"; fi
+		  mkdir -p app/static/vendor && cp $(CHART_JS) $(SWAGGER_UI) app/static/vendor/; } || \
+		echo "npm ci failed: the dashboard will run without its chart, /docs without Swagger UI"; \
+	else echo "npm not found: the dashboard will run without its chart, /docs without Swagger UI"; fi
 
 install-test: $(BIN)/python system-test-deps static-vendor
 	$(BIN)/pip install -q -r requirements-test.txt

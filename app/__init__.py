@@ -16,7 +16,8 @@ def create_app(config_class=Config, **overrides) -> Flask:
     """Build the app. Background services are attached here but not started:
     `wsgi.py` starts them in the serving process (after gunicorn's fork), and
     CLI commands that only read never start a feed."""
-    app = Flask(__name__, instance_relative_config=False)
+    from .web import create_flask_app
+    app = create_flask_app(__name__)
     app.config.from_object(config_class)
     app.config.update(overrides)
     configure_logging(app.config["LOG_LEVEL"])

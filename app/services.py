@@ -35,10 +35,13 @@ WRITER_STOP_SHARE = 5.0
 
 
 class SubscriptionError(Exception):
-    def __init__(self, status: int, message: str, retry_after: float | None = None):
+    """A refused subscription change. `reason` says why, for the caller to
+    map (the web layer to HTTP statuses): invalid, unknown_symbol, limit,
+    upstream_refused, upstream_unavailable."""
+    def __init__(self, reason: str, message: str, retry_after: float | None = None):
         super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after    # seconds, for a Retry-After header on a 503
+        self.reason = reason
+        self.retry_after = retry_after    # seconds until asking upstream again makes sense
 
 
 class Services:
@@ -115,7 +118,7 @@ class Services:
             symbol = normalize_symbol(symbol)
             check_interval(interval)
         except ValueError as exc:
-            raise SubscriptionError(400, str(exc)) from None
+            raise SubscriptionError("invalid", str(exc)) from None
         return symbol
 
     def subscribe(self, symbol: str, interval: str) -> dict:
@@ -125,17 +128,17 @@ class Services:
             try:
                 known = self.exchange.symbols()
             except ExchangeUnavailable as exc:
-                raise SubscriptionError(503, f"cannot check the symbol with Binance: {exc}",
+                raise SubscriptionError("upstream_unavailable", f"cannot check the symbol with Binance: {exc}",
                                         exc.retry_after) from None
             if symbol not in known:
-                raise SubscriptionError(404, f"unknown symbol {symbol}: Binance does not list it as trading")
+                raise SubscriptionError("unknown_symbol", f"unknown symbol {symbol}: Binance does not list it as trading")
             try:
                 self.feed.add([stream])
             except StreamLimitError as exc:
-                raise SubscriptionError(409, str(exc)) from None
+                raise SubscriptionError("limit", str(exc)) from None
         state = self.feed.wait_settled([stream], True, SUBSCRIBE_WAIT)[stream]
         if state not in ("active", "pending", "queued"):
-            raise SubscriptionError(502, state)
+            raise SubscriptionError("upstream_refused", state)
         return {"symbol": symbol, "interval": interval, "stream": stream, "status": state}
 
     def unsubscribe(self, symbol: str, interval: str) -> dict:

@@ -7,28 +7,19 @@ computed at once (ANALYSIS_MAX_CONCURRENT; 503 with Retry-After beyond,
 rather than queueing threads behind each other)."""
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import current_app, jsonify
+from flask_openapi3 import APIBlueprint, Tag
 
 from .. import analysis
-from ..candles import check_interval, normalize_symbol
-from ..storage import StorageError
-from . import error_reply
+from . import ApiError
+from .schemas import (HISTORY_MAX, Analysis, AnalysisQuery, History, HistoryQuery, IntervalQuery, Movers,
+                      SymbolPath, errors)
 
-bp = Blueprint("data", __name__)
-
-HISTORY_LIMIT = 500
-HISTORY_MAX = 5000
-MAX_TIME_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp() * 1000)
-
-
-class BadRequest(ValueError):
-    pass
-
-
-class Busy(Exception):
-    pass
+bp = APIBlueprint("data", __name__)
+STORED = Tag(name="stored candles", description="Reads from the database.")
+STORE_DOWN = "The database cannot be read (the message says why); or, for analyses, ANALYSIS_MAX_CONCURRENT " \
+             "are running already (Retry-After: 1)."
 
 
 @bp.record_once
@@ -41,8 +32,8 @@ def analysis_slot():
     slots = current_app.extensions["analysis_slots"]
     if not slots.acquire(blocking=False):
         current_app.extensions["services"].count_refusal("analysis_busy")
-        raise Busy(f"{current_app.config['ANALYSIS_MAX_CONCURRENT']} analyses are running already; "
-                   f"try again in a second")
+        raise ApiError(503, "Busy", f"{current_app.config['ANALYSIS_MAX_CONCURRENT']} analyses are running "
+                                    f"already; try again in a second", {"Retry-After": "1"})
     try:
         yield
     finally:
@@ -53,87 +44,54 @@ def store():
     return current_app.extensions["services"].storage.store
 
 
-def parse_time(name: str) -> int | None:
-    """Epoch ms or ISO-8601 (UTC unless it says otherwise)."""
-    text = request.args.get(name, "").strip()
-    if not text:
-        return None
-    if text.isascii() and text.isdigit():
-        ms = int(text)
-    else:
-        try:
-            t = datetime.fromisoformat(text)
-        except ValueError:
-            raise BadRequest(f"invalid {name} {text!r}: use epoch milliseconds or ISO-8601, "
-                             f"e.g. 2020-01-01T00:00:00Z") from None
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=timezone.utc)
-        ms = int(t.timestamp() * 1000)
-    if not 0 <= ms <= MAX_TIME_MS:
-        raise BadRequest(f"{name} {text!r} is out of range: from 1970 to 9999")
-    return ms
+def interval_of(query: IntervalQuery) -> str:
+    return query.interval or current_app.config["BINANCE_INTERVAL"]
 
 
-def stream_args(symbol: str | None = None) -> tuple[str | None, str]:
-    try:
-        interval = check_interval(request.args.get("interval", current_app.config["BINANCE_INTERVAL"]))
-        return (normalize_symbol(symbol) if symbol is not None else None), interval
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "Bad Request", message)
 
 
-@bp.errorhandler(BadRequest)
-def bad_request(exc):
-    return error_reply(400, "Bad Request", str(exc))
+@bp.get("/history/<symbol>", tags=[STORED], responses={
+    200: History, **errors(400, 503, s400="A parameter outside its declared form, or start after end.",
+                           s503=STORE_DOWN)})
+def history(path: SymbolPath, query: HistoryQuery):
+    """Stored candles in time order.
 
-
-@bp.errorhandler(Busy)
-def busy(exc):
-    return error_reply(503, "Busy", str(exc), {"Retry-After": "1"})
-
-
-@bp.errorhandler(StorageError)
-def storage_unavailable(exc):
-    return error_reply(503, "Storage Unavailable", exc.diagnosis)
-
-
-@bp.get("/history/<symbol>")
-def history(symbol):
-    """Candles in time order: from `start` if given, else the most recent
-    `limit` up to `end` (or now)."""
-    symbol, interval = stream_args(symbol)
-    start, end = parse_time("start"), parse_time("end")
-    if start is not None and end is not None and start > end:
-        raise BadRequest("start is after end")
-    try:
-        limit = int(request.args.get("limit", HISTORY_LIMIT))
-    except ValueError:
-        raise BadRequest(f"invalid limit {request.args['limit']!r}: expected a whole number") from None
-    if limit < 1:
-        raise BadRequest("limit must be at least 1")
-    limit = min(limit, HISTORY_MAX)
-    candles = store().history(symbol, interval, start, end, limit)
-    return jsonify(symbol=symbol, interval=interval, start=start, end=end, limit=limit,
+    From `start` if given, else the most recent `limit` up to `end` (or now)."""
+    if query.start is not None and query.end is not None and query.start > query.end:
+        raise bad_request("start is after end")
+    interval, limit = interval_of(query), min(query.limit, HISTORY_MAX)
+    candles = store().history(path.symbol, interval, query.start, query.end, limit)
+    return jsonify(symbol=path.symbol, interval=interval, start=query.start, end=query.end, limit=limit,
                    count=len(candles), candles=[c.to_dict() for c in candles])
 
 
-@bp.get("/analysis/<symbol>")
-def analysis_one(symbol):
-    symbol, interval = stream_args(symbol)
+@bp.get("/analysis/<symbol>", tags=[STORED], responses={
+    200: Analysis, **errors(400, 503, s400="A parameter outside its declared form, or a window of more than "
+                                           "50,000 candles of the interval or ANALYSIS_MAX_CANDLES.",
+                            s503=STORE_DOWN)})
+def analysis_one(path: SymbolPath, query: AnalysisQuery):
+    """Statistics over a window of one stream's stored candles.
+
+    Return, volatility, VWAP, SMA, EMA, RSI, drawdown, volume."""
     try:
         with analysis_slot():
-            return jsonify(analysis.analyze(store(), symbol, interval, request.args.get("window"),
+            return jsonify(analysis.analyze(store(), path.symbol, interval_of(query), query.window,
                                             current_app.config["ANALYSIS_MAX_CANDLES"]))
     except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+        raise bad_request(str(exc)) from None
 
 
-@bp.get("/analysis")
-def analysis_all():
-    _, interval = stream_args()
+@bp.get("/analysis", tags=[STORED], responses={
+    200: Movers, **errors(400, 503, s400="A parameter outside its declared form, or a window of more than "
+                                         "50,000 candles of the interval, or window x stored symbols more "
+                                         "than ANALYSIS_MAX_CANDLES.", s503=STORE_DOWN)})
+def analysis_all(query: AnalysisQuery):
+    """Every stored symbol of the interval ranked by return over the window."""
     try:
         with analysis_slot():
-            return jsonify(analysis.top_movers(store(), interval, request.args.get("window"),
+            return jsonify(analysis.top_movers(store(), interval_of(query), query.window,
                                                current_app.config["ANALYSIS_MAX_CANDLES"]))
     except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+        raise bad_request(str(exc)) from None

@@ -1,8 +1,9 @@
 """WS /ws/price: the live update stream (protocol in README.md)."""
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, request
 from flask_sock import Sock
 
 from ..clients import ClientSession
+from . import error_reply
 
 bp = Blueprint("stream", __name__)
 sock = Sock()
@@ -15,7 +16,7 @@ def check_origin():
     origin = request.headers.get("Origin")
     if allowed and origin is not None and origin not in allowed:
         current_app.extensions["services"].count_refusal("origin")
-        return jsonify(error="Forbidden", message=f"origin {origin!r} is not allowed"), 403
+        return error_reply(403, "Forbidden", f"origin {origin!r} is not allowed")
     return None
 
 
