@@ -86,7 +86,8 @@ def main():
             gc2 = stats.get("gc", {}).get("gen2", {})
             everything.extend(r["latencies"])
             row = {"t_s": round(args.minutes * 60 - (run_end - time.monotonic())),
-                   "delivered_per_s": r["delivered_per_s"], **summary(r["latencies"]),
+                   "delivered_per_s": r["delivered_per_s"], "closed_by_server": r["closed_by_server"],
+                   **summary(r["latencies"]),
                    "log_full": stats["messages_in"] >= args.backlog,
                    "rss_mb": rss_mb(worker),
                    # older servers have no "gc" section

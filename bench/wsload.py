@@ -74,6 +74,7 @@ def run(url: str, clients: int, seconds: float, warmup: float = 2.0, keep_latenc
     start = time.monotonic()
     measuring_from = start + warmup
     counted_from = None
+    closed = 0
     end = measuring_from + seconds
     try:
         while (now := time.monotonic()) < end:
@@ -83,7 +84,11 @@ def run(url: str, clients: int, seconds: float, warmup: float = 2.0, keep_latenc
                     c.messages = 0
                     c.latencies.clear()
             for key, _ in sel.select(0.1):
-                key.data.on_readable(time.time() * 1000)
+                try:
+                    key.data.on_readable(time.time() * 1000)
+                except ConnectionError:  # the server gave up on it: counted, not fatal
+                    sel.unregister(key.fileobj)
+                    closed += 1
     finally:
         for c in conns:
             try:
@@ -98,4 +103,4 @@ def run(url: str, clients: int, seconds: float, warmup: float = 2.0, keep_latenc
         return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None
 
     return {"clients": clients, "delivered_per_s": round(sum(c.messages for c in conns) / elapsed),
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), **({"latencies": lat} if keep_latencies else {})}
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "closed_by_server": closed, **({"latencies": lat} if keep_latencies else {})}
