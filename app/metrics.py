@@ -5,7 +5,7 @@ one `Services.stats()` call into metric families keeps the hot paths free of
 a second set of counters and the two views from ever disagreeing.
 """
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "pricestream_"
@@ -105,13 +105,10 @@ class ServicesCollector(Collector):
         age = storage["last_write_age_seconds"]
         yield gauge("storage_last_write_age_seconds", "Seconds since the last successful write (NaN before it).",
                     float("nan") if age is None else age)
-        lag = GaugeMetricFamily(PREFIX + "storage_write_lag_seconds",
-                                "Time from a candle update to its database write, recent quantiles.",
-                                labels=["quantile"])
-        for q, key in (("0.5", "lag_ms_p50"), ("0.99", "lag_ms_p99")):
-            if storage[key] is not None:
-                lag.add_metric([q], storage[key] / 1000)
-        yield lag
+        buckets, lag_sum = self.services.storage.writer.lag_histogram()
+        yield HistogramMetricFamily(PREFIX + "storage_write_lag_seconds",
+                                    "Time from a candle update to its database write.",
+                                    buckets=buckets, sum_value=lag_sum)
 
 
 def build_registry(services) -> CollectorRegistry:

@@ -12,6 +12,7 @@ Stopping has a deadline, because a database that hangs can hold one write
 for STORAGE_TIMEOUT (and its connect) while gunicorn waits only so long: if
 the writer is still busy when the deadline nears, `stop` itself spools what
 the writer holds, and the writer thread, once free, leaves the spool alone."""
+import bisect
 import itertools
 import logging
 import threading
@@ -28,6 +29,8 @@ from .spool import Spool
 log = logging.getLogger(__name__)
 
 LAG_SAMPLES = 10_000
+# Upper bounds (seconds) of the write-lag histogram /metrics exposes.
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # Of stop's timeout, what is kept for spooling from the stopping thread
 # (100k candles, the memory bound, take about a second).
 HANDOVER_SECONDS = 2.0
@@ -58,6 +61,10 @@ class Writer:
         self._probe_store: Store | None = None
         self._stats_lock = threading.Lock()
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        # Since start, for a Prometheus histogram: per bucket (the last is
+        # +Inf, not cumulative here) and the sum, in seconds.
+        self._lag_counts = [0] * (len(LAG_BUCKETS) + 1)
+        self._lag_sum = 0.0
         self.points_written = 0
         self.batches_written = 0
         self.failures = 0
@@ -219,8 +226,12 @@ class Writer:
             self._failed(exc)
             return False
         now = time.time()
+        lags = [now - p.received for p in points]
         with self._stats_lock:
-            self._lags.extend((now - p.received) * 1000 for p in points)
+            self._lags.extend(lag * 1000 for lag in lags)
+            for lag in lags:
+                self._lag_counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
+            self._lag_sum += sum(lags)
         if self.consecutive_failures:
             log.info("database writes work again after %d failures", self.consecutive_failures)
         self.consecutive_failures = 0
@@ -283,6 +294,14 @@ class Writer:
                            "message": exc.diagnosis, "at": _iso(time.time())}
 
     # -- statistics -----------------------------------------------------------------
+    def lag_histogram(self) -> tuple[list[tuple[str, int]], float]:
+        """([(upper bound, cumulative count), ..., ("+Inf", total)], sum of
+        seconds): every written candle's lag since start."""
+        with self._stats_lock:
+            counts, total = list(self._lag_counts), self._lag_sum
+        bounds = [repr(b) for b in LAG_BUCKETS] + ["+Inf"]
+        return list(zip(bounds, itertools.accumulate(counts))), total
+
     def stats(self) -> dict:
         with self._lock:
             depth = len(self._pending)
