@@ -7,6 +7,7 @@ the last frame of every read is parsed for its event time, which gives the
 latency sample (the replay exchange runs with --event-time wall, so
 event_time is the wall-clock time the exchange sent the update).
 """
+import os
 import re
 import selectors
 import socket
@@ -51,6 +52,8 @@ class Client:
             end = pos + head + length
             if end > n:
                 break
+            if buf[pos] & 0x0F == 9:  # ping: a client that never answers is closed (WS_PING_INTERVAL)
+                self.pong(buf[pos + head:end])
             if buf[pos] & 0x0F == 1:  # text frame
                 last = (pos + head, end)
                 # a batched frame is a JSON array: count its updates
@@ -61,6 +64,12 @@ class Client:
             m = EVENT_TIME.search(buf, last[0], last[1])
             if m:
                 self.latencies.append(now_ms - int(m.group(1)))
+
+
+    def pong(self, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.send(bytes((0x8A, 0x80 | len(payload))) + mask + masked)
 
 
 def run(url: str, clients: int, seconds: float, warmup: float = 2.0, keep_latencies: bool = False) -> dict:
