@@ -20,8 +20,11 @@ ENDPOINTS = {
     "GET /analysis/{symbol}?interval=1m&window=24h": "statistics over stored candles",
     "POST /symbol/{symbol}/subscribe?interval=1m": "follow a stream",
     "POST /symbol/{symbol}/unsubscribe?interval=1m": "stop following a stream",
-    "WS /ws/price": "live updates (see README)",
+    "WS /ws/price": "live updates (see /asyncapi.json)",
     "GET /metrics": "Prometheus metrics",
+    "GET /docs": "the REST API in Swagger UI",
+    "GET /openapi.json": "the REST API, OpenAPI 3.1",
+    "GET /asyncapi.json": "WS /ws/price, AsyncAPI 3",
 }
 
 # Offered by the chart's interval switch besides the subscribed ones.
