@@ -131,7 +131,8 @@ class Services:
                 raise SubscriptionError("upstream_unavailable", f"cannot check the symbol with Binance: {exc}",
                                         exc.retry_after) from None
             if symbol not in known:
-                raise SubscriptionError("unknown_symbol", f"unknown symbol {symbol}: Binance does not list it as trading")
+                raise SubscriptionError("unknown_symbol",
+                                        f"unknown symbol {symbol}: Binance does not list it as trading")
             try:
                 self.feed.add([stream])
             except StreamLimitError as exc:

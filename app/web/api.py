@@ -32,8 +32,8 @@ def services():
 
 
 @bp.get("/health", tags=[STATE], responses={200: Health, 503: {
-    "description": "Unhealthy: a thread died, or the feed has been down past the start-up grace. "
-                   "The same body.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}})
+    "description": "Unhealthy: a thread died, or the feed has been down past the start-up grace. The same body.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}})
 def health():
     """Service health: healthy or degraded (200), unhealthy (503)."""
     body = services().health()
