@@ -101,6 +101,9 @@ class ClientHub(Worker):
                 except Exception:  # one broken session must not stop the others' updates
                     log.exception("fan-out to a client failed; disconnecting it")
                     s.output.abort()
+            # counted once a turn, not twice per client (0.3 µs a count, locked)
+            self.messages_sent.add(turn.messages)
+            self.frames_sent.add(turn.frames)
             timeout = None if next_turn == float("inf") else max(self.tick, next_turn - time.monotonic())
 
     def stats(self) -> dict:
@@ -133,7 +136,7 @@ class ClientHub(Worker):
 
 class Turn:
     """One pass of the fan-out thread over every client."""
-    __slots__ = ("now", "upto", "shared", "_snapshots", "_pieces")
+    __slots__ = ("now", "upto", "shared", "messages", "frames", "_snapshots", "_pieces")
 
     def __init__(self, now: float, upto: int, snapshots: Snapshots):
         self.now = now
@@ -141,6 +144,7 @@ class Turn:
         # (batch interval, cursor) -> ((bytes, messages, frames), new cursor),
         # for the clients that follow every stream
         self.shared: dict = {}
+        self.messages = self.frames = 0   # sent this turn
         self._snapshots = snapshots
         self._pieces = None
 

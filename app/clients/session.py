@@ -254,8 +254,8 @@ class ClientSession:
                 self.lock.release()
             if data:
                 out.add(data)
-                self.hub.messages_sent.add(messages)
-                self.hub.frames_sent.add(frames)
+                turn.messages += messages
+                turn.frames += frames
             if out.pending and not out.send():
                 return now + self.hub.tick
             if more:  # cut short by READ_LIMIT, or a batch not yet due
