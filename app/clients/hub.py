@@ -42,8 +42,12 @@ class ClientHub(Worker):
 
     def close_all(self, timeout: float = 5.0) -> None:
         """Tell every client we are going away (1001) and wait for them:
-        each session's thread looks at `shutting_down` at least every second."""
+        each session's thread, woken, sees `shutting_down` and closes."""
         self.shutting_down = True
+        with self._lock:
+            sessions = list(self._sessions)
+        for s in sessions:
+            s.wake()
         deadline = time.monotonic() + timeout
         while self.clients and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,18 +1,24 @@
 """One /ws/price connection: its query, its messages, and its turn in the
 fan-out.
 
-Two threads of the connection read (gunicorn's, running `run`, and
-simple-websocket's reader); the fan-out thread calls `pump`. `lock` guards
+One thread per connection: gunicorn's, running `run`, reads the socket and
+acts on what the client sends (simple-websocket starts no reader thread of
+its own: see `InlineReader`); the fan-out thread calls `pump`. `lock` guards
 what both sides use (the filters, the cursor, the resume skip); the fan-out
 thread only ever tries it, and skips this client for a turn when it is held,
 so nothing a client makes its own thread do can hold up the others.
 """
 import logging
+import math
+import select
 import socket
 import threading
 import time
 
 from simple_websocket import ConnectionClosed
+from wsproto.connection import ConnectionState
+from wsproto.events import Ping
+from wsproto.utilities import LocalProtocolError
 
 from ..candles import dumps
 from ..client_protocol import ClientError, parse_batch, parse_message, parse_resume, parse_symbols
@@ -40,14 +46,28 @@ CLOSE_REPLY_TIMEOUT = 1.0   # how long we wait for the client to answer our clos
 FLOOD_SECONDS = 10
 
 
-class _SessionSocket:
-    """What simple-websocket holds as its socket: reads go to the real
-    socket, writes join the connection's output (so they are sent by the
-    fan-out thread, in order with the data frames)."""
+class InlineReader:
+    """simple-websocket's `thread_class` (SOCK_SERVER_OPTIONS). It would
+    start a thread per connection to read the socket, and so double the
+    threads per client; the session reads in its own thread instead
+    (`ClientSession._receive`), so nothing is started."""
+    name = "inline-reader"
 
-    def __init__(self, session: "ClientSession", sock):
+    def __init__(self, target):
+        pass
+
+    def start(self) -> None:
+        pass
+
+
+class _SessionSocket:
+    """What simple-websocket holds as its socket once the session runs: it
+    only writes to it (pongs, close frames), and the writes join the
+    connection's output, so the fan-out thread sends them in order with the
+    data frames."""
+
+    def __init__(self, session: "ClientSession"):
         self._session = session
-        self._sock = sock
 
     def send(self, data, *flags):
         self._session.output.put(bytes(data))
@@ -55,15 +75,6 @@ class _SessionSocket:
         return len(data)
 
     sendall = send
-
-    def close(self):
-        # simple-websocket's reader closes the socket when the connection
-        # ends, e.g. right after queuing its reply to the client's close
-        self._session.finish()
-        self._sock.close()
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
 
 
 class ClientSession:
@@ -82,26 +93,28 @@ class ClientSession:
         self._bucket = TokenBucket(hub.max_rate)
         self._refused_in_a_row = 0
         self.batch_due = 0.0                           # fan-out thread only
+        self._readable = select.poll()                 # holds no file descriptor, unlike a selector
+        self._readable.register(self.raw, select.POLLIN)
+        self._next_ping = time.monotonic() + ws.ping_interval if ws.ping_interval else math.inf
 
     # -- this connection's thread ---------------------------------------------
     def run(self, args) -> None:
         """Serve the connection until it ends. Never raises: after the 101
         the socket speaks WebSocket, and an exception would make Flask write
         an HTTP 500 onto it."""
-        self.ws.sock = _SessionSocket(self, self.raw)
+        self.ws.sock = _SessionSocket(self)
         try:
             self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         except OSError:
             pass
         try:
             self._serve(args)
-        except ConnectionClosed:
-            pass
         except Exception:  # a bug of ours: the client gets a close code, the log the traceback
             log.exception("WebSocket session failed; closing it with %d", INTERNAL_ERROR)
             self.close(INTERNAL_ERROR, "internal error")
         finally:
             self.finish()
+            self._await_close_reply()
 
     def _serve(self, args) -> None:
         try:
@@ -141,9 +154,8 @@ class ClientSession:
             self.cursor, self._skip, self._skip_until = plan.cursor, plan.skip, plan.skip_until
 
     def _read_one(self) -> bool:
-        """Wait up to a second for a message and act on it; False when the
-        session is over."""
-        msg = self.ws.receive(timeout=1.0)
+        """Wait for a message and act on it; False when the session is over."""
+        msg = self._receive()
         if self.hub.shutting_down:
             self.close(GOING_AWAY, "server shutting down")
             return False
@@ -151,10 +163,8 @@ class ClientSession:
             self.hub.count("closed_output")
             self.close(POLICY_VIOLATION, f"over {self.hub.max_output} bytes of replies unread; read your messages")
             return False
-        if self.output.dead or not self.ws.thread.is_alive():
+        if msg is None or self.output.dead or not self.ws.connected:
             return False
-        if msg is None:
-            return True
         if not self._bucket.take():
             return self._refuse()
         self._refused_in_a_row = 0
@@ -167,6 +177,66 @@ class ClientSession:
         except ClientError as exc:
             self.send_json({"type": "error", "message": str(exc)})
         return True
+
+    def _receive(self):
+        """The client's next message; None when the session must end (the
+        connection ended, the output passed its bound, the server is
+        shutting down). What simple-websocket's reader thread would do,
+        here: its own frame handling (it answers pings and the client's
+        close, and closes with 1009 past WS_MAX_MESSAGE_BYTES and 1007 on
+        bad UTF-8), and a ping every WS_PING_INTERVAL; a client that has not
+        answered the previous one by then is closed (1008). The thread
+        sleeps in between: an idle client costs no wake-ups but its pings."""
+        ws = self.ws
+        while ws.connected and not ws.input_buffer and not self.output.overflowed and not self.hub.shutting_down:
+            now = time.monotonic()
+            if now >= self._next_ping:
+                if not ws.pong_received:
+                    self.close(POLICY_VIOLATION, "Ping/Pong timeout")
+                    break
+                ws.pong_received = False
+                ws.sock.send(ws.ws.send(Ping()))
+                self._next_ping = now + ws.ping_interval
+            # `wake` makes the socket readable: look before reading it
+            if self._wait_readable(self._next_ping - now) and not self.hub.shutting_down:
+                ws.connected = self._read_socket()
+        return ws.input_buffer.pop(0) if ws.input_buffer else None
+
+    def wake(self) -> None:
+        """Interrupt the wait for the client, from another thread (the
+        server is shutting down): with our side shut for reading, the
+        socket reads as ended at once. The session still sends its close
+        frame, but no longer waits for the answer."""
+        try:
+            self.raw.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def _wait_readable(self, timeout: float) -> bool:
+        return bool(self._readable.poll(None if timeout == math.inf else math.ceil(timeout * 1000)))
+
+    def _read_socket(self) -> bool:
+        """Hand what has arrived to simple-websocket; False when the
+        connection is over (closed, reset, or a protocol error)."""
+        try:
+            data = self.raw.recv(self.ws.receive_bytes)
+            if not data:
+                return False
+            self.ws.ws.receive_data(data)
+            return self.ws._handle_events()
+        except (OSError, LocalProtocolError):
+            return False
+
+    def _await_close_reply(self) -> None:
+        """After our close frame has left: read until the client answers it
+        (or CLOSE_REPLY_TIMEOUT). gunicorn closes the socket when we return,
+        and closing one with unread bytes resets the connection, which can
+        destroy our close frame before the client reads it."""
+        deadline = time.monotonic() + CLOSE_REPLY_TIMEOUT
+        while self.ws.ws.state is ConnectionState.LOCAL_CLOSING:
+            left = deadline - time.monotonic()
+            if left <= 0 or (self._wait_readable(left) and not self._read_socket()):
+                return
 
     def _refuse(self) -> bool:
         """A message over the rate limit. Only the first of a run is
@@ -201,22 +271,13 @@ class ClientSession:
         self.hub.wake()
 
     def close(self, code: int, reason: str) -> None:
-        """Send a close frame and make sure it left before we return (the
-        server closes the socket right after). The reader thread then waits
-        for the client's answering close, but only ever wakes for data or
-        its next ping (WS_PING_INTERVAL away): give the client a moment,
-        then end the reader by shutting our side for reading."""
+        """Queue a close frame. The session then ends: `run` sends it and
+        waits for the client's answer before the socket is closed."""
         try:
             self.ws.close(code, _close_reason(reason))
         except ConnectionClosed:
             pass
         self.hub.wake()
-        self.finish()
-        self.ws.thread.join(CLOSE_REPLY_TIMEOUT)
-        try:
-            self.raw.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
 
     def finish(self) -> None:
         self.output.flush()

@@ -4,8 +4,6 @@ call the services and shape the answer.
 The REST blueprints are flask-openapi3 APIBlueprints: each view declares its
 path and query parameters and its answers as pydantic models (schemas.py),
 and the same models both validate the request and make /openapi.json."""
-import threading
-
 from flask import jsonify
 from flask_openapi3 import Info, OpenAPI
 from pydantic import ValidationError
@@ -71,12 +69,6 @@ def create_flask_app(import_name: str) -> OpenAPI:
                    doc_ui=False, validation_error_status=400, validation_error_callback=validation_error)
 
 
-def _reader_thread(target):
-    """simple-websocket's per-connection reader. Daemon: one blocked on a
-    silent peer must not hold the process at exit."""
-    return threading.Thread(target=target, name="ws-reader", daemon=True)
-
-
 def init_app(app):
     from . import api, data, docs, metrics, pages, stream
     app.register_api(api.bp)
@@ -86,10 +78,11 @@ def init_app(app):
     headers.init_app(app)
     app.register_api(data.bp)
     app.register_blueprint(docs.bp)
+    from ..clients.session import InlineReader
     app.config.setdefault("SOCK_SERVER_OPTIONS", {
         "ping_interval": app.config["WS_PING_INTERVAL"],
         "max_message_size": app.config["WS_MAX_MESSAGE_BYTES"],
-        "thread_class": _reader_thread,
+        "thread_class": InlineReader,  # one thread per client: the session reads
     })
     stream.sock.init_app(app)
     app.register_blueprint(stream.bp)
