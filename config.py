@@ -154,11 +154,24 @@ def _bind(name: str, default: str) -> str:
     return text
 
 
+def _one_process(name: str) -> int:
+    """gunicorn's worker processes: one, while the feed can run in only one."""
+    value = _int(name, 1)
+    if value > 1:
+        _bad(name, _get(name), "1 (one worker process runs the feed, and more cannot share it yet; "
+                               "where the platform sets it, e.g. Heroku, set WEB_CONCURRENCY=1)")
+        return 1
+    return value
+
+
 class Config:
     LOG_LEVEL = _choice("LOG_LEVEL", "INFO", LOG_LEVELS, upper=True)
     # Where gunicorn listens, and whether it logs every request (health
-    # checks and dashboards poll often, so off unless asked for).
-    BIND = _bind("BIND", "0.0.0.0:8000")
+    # checks and dashboards poll often, so off unless asked for). PORT is
+    # what Procfile platforms set; BIND, when set, wins.
+    PORT = _int("PORT", 8000, 1, 65535)
+    BIND = _bind("BIND", f"0.0.0.0:{PORT}")
+    WEB_CONCURRENCY = _one_process("WEB_CONCURRENCY")
     ACCESS_LOG = _bool("ACCESS_LOG")
 
     # Upstream: the base URLs make Binance.US, data-stream.binance.vision and

@@ -2,17 +2,21 @@
 gthread with more threads than the WebSocket client limit, because every
 WebSocket client holds a thread for its whole life and REST must not starve."""
 import ipaddress
+import resource
 import signal
 import threading
 
 from config import Config
 
 bind = Config.BIND
-workers = 1
+workers = Config.WEB_CONCURRENCY
 # gthread that gives a connection a thread only once its request headers are
 # in (slow clients cannot hold the threads; see the module).
 worker_class = "app.web.gunicorn_worker.Worker"
 threads = Config.WS_MAX_CLIENTS + 32
+# Every WebSocket client is a connection for its whole life: room for all of
+# them, and gunicorn's default 1000 beside them for REST (kept-alive ones included).
+worker_connections = threads + 1000
 # Not preloaded: wsgi.py starts the background threads in the worker, after the fork.
 preload_app = False
 max_requests = 0
@@ -57,6 +61,25 @@ def on_starting(server):
     if server.cfg.is_ssl:
         server.log.error("gunicorn's TLS is not supported: terminate TLS in a reverse proxy (README, Deploying)")
         raise SystemExit(1)
+    # config.py refuses WEB_CONCURRENCY above 1; this is for -w and GUNICORN_CMD_ARGS.
+    if server.cfg.workers != 1:
+        server.log.error("one worker process only (got %d): the feed must run once", server.cfg.workers)
+        raise SystemExit(1)
+    _raise_file_limit(server)
+
+
+def _raise_file_limit(server):
+    """Every connection is a file. The soft limit is often 1024 (the worker
+    inherits it) while the hard one is far higher: take what the connections
+    need, or say that the hard limit is too low."""
+    needed = server.cfg.worker_connections + 256   # and the feed, databases, logs
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        server.log.warning("open files are limited to %d, short of the %d that WS_MAX_CLIENTS=%d needs: "
+                           "raise the limit (ulimit -n, systemd's LimitNOFILE)", soft, needed, Config.WS_MAX_CLIENTS)
 
 
 def when_ready(server):
