@@ -12,8 +12,9 @@ install: $(BIN)/python static-vendor
 	$(BIN)/pip install -q -r requirements.txt
 
 # The dashboard's chart library and the /docs page's Swagger UI, pinned in
-# package-lock.json. Without npm both pages still work, minus the chart and
-# the interactive API browser (they say so).
+# package-lock.json, and (a devDependency) the AsyncAPI parser the tests run.
+# Without npm both pages still work, minus the chart and the interactive API
+# browser (they say so), and the tests skip the parser's check.
 CHART_JS := node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js
 SWAGGER_UI := $(addprefix node_modules/swagger-ui-dist/,swagger-ui-bundle.js swagger-ui.css)
 static-vendor:

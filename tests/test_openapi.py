@@ -1,14 +1,19 @@
 """The API's descriptions, checked by tools from outside the project:
 openapi-spec-validator on /openapi.json, schemathesis attacking the live
-server (gunicorn, replay exchange) through that document, and the AsyncAPI
+server (gunicorn, replay exchange) through that document, the official
+AsyncAPI parser (@asyncapi/parser, from npm) on /asyncapi.json, and that
 document's references and coverage of /ws/price."""
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from openapi_spec_validator import validate
 
 from app.web.headers import CSP
+from tests.harness import ROOT, http
 
 # Rules no schema states, so valid-looking input may still get a 400:
 # start after end, a calendar date that does not exist, a window of more
@@ -91,6 +96,16 @@ def test_the_asyncapi_document_describes_the_stream(client):
     received = {r.rsplit("/", 1)[1] for r in refs(doc["operations"]["receiveActions"]["messages"])}
     assert sent == {"snapshot", "priceUpdate", "gap", "subscriptions", "pong", "error"}
     assert received == {"subscribe", "unsubscribe", "ping"}
+
+
+def test_the_asyncapi_parser_finds_no_error_in_the_served_document(live_app):
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.skip("node and npm are needed for @asyncapi/parser (`make test` installs it with npm ci)")
+    status, doc = http("GET", f"{live_app.url}/asyncapi.json")
+    assert status == 200, doc
+    run = subprocess.run(["node", str(ROOT / "tests/asyncapi_validate.mjs")], input=json.dumps(doc),
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-6000:] or run.stdout[-2000:]
 
 
 def schemathesis(live_app, tmp_path, *args) -> subprocess.CompletedProcess:
