@@ -49,3 +49,4 @@ bench: install-test
 	$(BIN)/python bench/fanout_bench.py
 	$(BIN)/python bench/fanout_bench.py --speed 1200 --ingest-messages 1000
 	$(BIN)/python bench/storage_bench.py
+	$(BIN)/python bench/clients_bench.py

@@ -116,7 +116,11 @@ class Output:
 
 
 def _writable(sock, timeout: float) -> bool:
+    # poll, not select: select refuses descriptors past 1023, and with
+    # thousands of clients most are
+    poller = select.poll()
     try:
-        return bool(select.select([], [sock], [], timeout)[1])
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(timeout * 1000))
     except (OSError, ValueError):
         return False
