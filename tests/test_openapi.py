@@ -127,3 +127,15 @@ def test_schemathesis_no_server_error_from_the_write_operations(live_app, tmp_pa
     run = schemathesis(live_app, tmp_path, "--include-method", "POST", "--checks", "not_a_server_error",
                        "--max-examples", str(POST_EXAMPLES))
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_the_documented_candle_is_the_one_the_server_sends():
+    """The answers' shape is declared beside the code that builds it
+    (Candle.to_dict): the two must name the same fields, or the document
+    drifts from what clients get."""
+    from app.candles import Candle as StreamCandle
+    from app.web.schemas import CANDLE_EXAMPLE, Candle
+    sent = StreamCandle("BTCUSDT", "1m", 1577836800000, 1577836859999, 7195.24, 7196.25, 7183.14, 7186.68,
+                        51.642812, 371233.51835535, 493, True, 1577836860000).to_dict()
+    assert list(Candle.model_fields) == list(sent)
+    assert CANDLE_EXAMPLE == sent

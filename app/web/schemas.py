@@ -137,7 +137,7 @@ class ErrorBody(BaseModel):
 CANDLE_EXAMPLE = {
     "symbol": "BTCUSDT", "interval": "1m", "open_time": 1577836800000, "close_time": 1577836859999,
     "open": 7195.24, "high": 7196.25, "low": 7183.14, "close": 7186.68, "volume": 51.642812,
-    "quote_volume": 371233.51835535, "price": 7186.68, "price_change": -8.56, "price_change_percent": -0.118969,
+    "quote_volume": 371233.51835535, "price": 7186.68, "price_change": -8.56, "price_change_percent": -0.118968,
     "trades": 493, "closed": True, "event_time": 1577836860000}
 
 
