@@ -41,3 +41,26 @@ def test_a_full_log_adds_nothing_for_the_garbage_collector_to_walk():
     gc.collect()
     entries, _ = log.read(0, limit=1000)
     assert not any(gc.is_tracked(e) or gc.is_tracked(e[1]) for e in entries)
+
+
+def test_snapshots_encode_each_stream_once_per_change_of_the_prices():
+    """Thousands of clients may want a snapshot at once (after a restart, or
+    all falling off the log): the streams are encoded once and shared."""
+    import json
+
+    from app.candles import Candle
+    from app.clients.snapshots import Snapshots
+    from app.prices import PriceBook
+
+    prices = PriceBook()
+    for i in range(100):
+        prices.update(Candle(f"S{i:03d}USDT", "1m", 0, 59_999, 1.0, 2.0, 0.5, 1.5, 10.0, 15.0, 7, False, 1))
+    snapshots = Snapshots(prices, "1")
+    first = snapshots.pieces()
+    frames = [snapshots.frame("connect", lambda key: key[0] < "S050") for _ in range(50)]
+    assert snapshots.pieces() is first                     # nothing re-encoded for 50 snapshots
+    body = json.loads(frames[0][4:])                        # 4-byte header: 126 + 16-bit length
+    assert [d["symbol"] for d in body["data"]] == [f"S{i:03d}USDT" for i in range(50)]
+    prices.update(Candle("S000USDT", "1m", 0, 59_999, 1.0, 2.0, 0.5, 1.6, 11.0, 16.0, 8, False, 2))
+    again = snapshots.pieces()
+    assert again is not first and json.loads(again[0][1])["close"] == 1.6   # a change is seen at once
