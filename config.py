@@ -117,6 +117,15 @@ def _url(name: str, default: str, schemes: tuple[str, ...]) -> str:
     return text.rstrip("/")
 
 
+def _file(name: str) -> str:
+    """A path to a file we write: not a directory (empty means the default)."""
+    text = _get(name) or ""
+    if text and (os.path.isdir(text) or text.endswith(os.sep)):
+        _bad(name, text, "the path of a file, not of a directory")
+        return ""
+    return text
+
+
 def _list(name: str, default: str = "") -> list[str]:
     return [s.strip() for s in os.environ.get(name, default).split(",") if s.strip()]
 
@@ -238,6 +247,9 @@ class Config:
     INFLUXDB_DATABASE = _get("INFLUXDB_DATABASE") or "crypto"
     INFLUXDB_ORG = _text("INFLUXDB_ORG", "")
     SQLITE_PATH = _get("SQLITE_PATH") or os.path.join(basedir, "instance", "candles.sqlite3")
+    # The followed streams, kept across restarts; empty means subscriptions.json
+    # beside SQLITE_PATH (app/subscriptions.py resolves it).
+    SUBSCRIPTIONS_PATH = _file("SUBSCRIPTIONS_PATH")
     # v2: /api/v2/write via influxdb-client (InfluxDB 2.x, 3.x, 1.8+);
     # v1: /write?db= for InfluxDB 1.x before 1.8. Empty means v2.
     INFLUXDB_API = _choice("INFLUXDB_API", "", ("", "v1", "v2"))

@@ -23,6 +23,7 @@ from .feed import BinanceFeed, StreamLimitError
 from .gcpauses import GcPauses
 from .prices import PriceBook
 from .storage import open_storage
+from .subscriptions import SubscriptionFile, path_for
 from .updates import UpdateLog
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ class Services:
                                    config["BACKFILL_INITIAL_CANDLES"], self.feed.wants)
         self.feed.on_subscribed = self.backfill.request
         interval = check_interval(config["BINANCE_INTERVAL"])
-        self.feed.add([stream_name(normalize_symbol(s), interval) for s in config["BINANCE_SYMBOLS"]])
+        self.saved = SubscriptionFile(path_for(config), [stream_name(normalize_symbol(s), interval)
+                                                         for s in config["BINANCE_SYMBOLS"]])
+        self.feed.add(self.saved.streams_at_start(config["MAX_STREAMS"]))
         self.refusals: dict[str, int] = {}
         self._refusals_lock = threading.Lock()
         self.gc_pauses = GcPauses()
@@ -138,19 +141,22 @@ class Services:
             except StreamLimitError as exc:
                 raise SubscriptionError("limit", str(exc)) from None
         state = self.feed.wait_settled([stream], True, SUBSCRIBE_WAIT)[stream]
+        # A refused stream has left the feed's set: saving drops it too.
+        remembered = self.saved.save(self.feed.streams)
         if state not in ("active", "pending", "queued"):
             raise SubscriptionError("upstream_refused", state)
-        return {"symbol": symbol, "interval": interval, "stream": stream, "status": state}
+        return {"symbol": symbol, "interval": interval, "stream": stream, "status": state, "remembered": remembered}
 
     def unsubscribe(self, symbol: str, interval: str) -> dict:
         symbol = self._validate(symbol, interval)
         stream = stream_name(symbol, interval)
         self.feed.remove([stream])
+        remembered = self.saved.save(self.feed.streams)
         state = self.feed.wait_settled([stream], False, SUBSCRIBE_WAIT)[stream]
         # After a backfill putting candles of the stream, before any it might put later.
         with self.backfill.emitting:
             self.dispatcher.forget((symbol, interval))
-        return {"symbol": symbol, "interval": interval, "stream": stream, "status": state}
+        return {"symbol": symbol, "interval": interval, "stream": stream, "status": state, "remembered": remembered}
 
     def subscriptions(self) -> list[dict]:
         out = []

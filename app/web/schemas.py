@@ -314,8 +314,11 @@ class SubscriptionResult(BaseModel):
     stream: str
     status: str = Field(description="active, pending or queued after subscribe; removed (or pending) after "
                                     "unsubscribe.")
+    remembered: bool = Field(description="The followed streams were saved (SUBSCRIPTIONS_PATH): the change "
+                                         "survives a restart. False when the file could not be written.")
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"symbol": "BTCUSDT", "interval": "5m", "stream": "btcusdt@kline_5m", "status": "active"}]})
+        {"symbol": "BTCUSDT", "interval": "5m", "stream": "btcusdt@kline_5m", "status": "active",
+         "remembered": True}]})
 
 
 ERROR_SCHEMA = ErrorBody.model_json_schema()
