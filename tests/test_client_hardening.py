@@ -206,3 +206,26 @@ def test_one_host_cannot_take_every_client_slot(replay_server, tmp_path):
         again.close()
     finally:
         app.stop()
+
+
+def test_a_client_that_falls_off_the_log_gets_a_fresh_snapshot_and_goes_on(tmp_path):
+    """A client that reads too slowly for the log (WS_BACKLOG updates) to
+    hold what it is owed is resynchronised with a snapshot, not dropped."""
+    from tests.replay_helpers import start_replay, stop_replay
+    replay = start_replay(speed=6000)
+    app = LiveApp(tmp_path, replay.url, BINANCE_SYMBOLS="BTCUSDT,ETHUSDT", WS_BACKLOG=50).start()
+    try:
+        ws = connect(app, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+        assert json.loads(ws.recv())["type"] == "snapshot"
+        # not reading: the kernel buffers fill, and the log moves on by far more than 50 updates
+        wait_until(lambda: app.get("/stats")[1]["messages_in"] > 3000, 20, 0.2, "updates to pile up")
+        lagged = messages_until(ws, lambda m: m["type"] == "snapshot", timeout=20)[-1]
+        assert lagged["reason"] == "lagged" and {d["symbol"] for d in lagged["data"]} == {"BTCUSDT", "ETHUSDT"}
+        after = [m for m in (json.loads(ws.recv()) for _ in range(20)) if m["type"] == "price_update"]
+        seqs = [u["data"]["seq"] for u in after if u["data"]["symbol"] == "ETHUSDT"]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))   # in order again from there
+        assert app.get("/stats")[1]["clients"]["resynced_lagging"] >= 1
+        ws.close()
+    finally:
+        app.stop()
+        stop_replay(replay)

@@ -64,3 +64,22 @@ def test_snapshots_encode_each_stream_once_per_change_of_the_prices():
     prices.update(Candle("S000USDT", "1m", 0, 59_999, 1.0, 2.0, 0.5, 1.6, 11.0, 16.0, 8, False, 2))
     again = snapshots.pieces()
     assert again is not first and json.loads(again[0][1])["close"] == 1.6   # a change is seen at once
+
+
+def test_clients_that_fall_behind_in_one_turn_share_one_snapshot():
+    """A resync snapshot of every stream is megabytes with thousands of
+    streams; each lagged client holds it until sent, so they hold one."""
+    from app.candles import Candle
+    from app.clients.filters import Filters
+    from app.clients.hub import Turn
+    from app.clients.snapshots import Snapshots
+    from app.prices import PriceBook
+
+    prices = PriceBook()
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        prices.update(Candle(symbol, "1m", 0, 59_999, 1.0, 2.0, 0.5, 1.5, 10.0, 15.0, 7, False, 1))
+    turn = Turn(0.0, 0, Snapshots(prices, "1"))
+    everything = [turn.snapshot(Filters()) for _ in range(3)]
+    assert everything[0] is everything[1] is everything[2] and b"ETHUSDT" in everything[0]
+    some = turn.snapshot(Filters(frozenset({"BTCUSDT"})))
+    assert b"BTCUSDT" in some and b"ETHUSDT" not in some

@@ -140,7 +140,7 @@ class ClientHub(Worker):
 
 class Turn:
     """One pass of the fan-out thread over every client."""
-    __slots__ = ("now", "upto", "shared", "messages", "frames", "_snapshots", "_pieces")
+    __slots__ = ("now", "upto", "shared", "messages", "frames", "_snapshots", "_pieces", "_everything")
 
     def __init__(self, now: float, upto: int, snapshots: Snapshots):
         self.now = now
@@ -151,10 +151,17 @@ class Turn:
         self.messages = self.frames = 0   # sent this turn
         self._snapshots = snapshots
         self._pieces = None
+        self._everything: bytes | None = None
 
-    def snapshot(self, wanted) -> bytes:
-        """A resync snapshot; its pieces are encoded at most once a turn,
-        however many clients fell behind, and taken after `upto` was."""
+    def snapshot(self, filters) -> bytes:
+        """A resync snapshot, taken after `upto` was. Its pieces are encoded
+        at most once a turn, however many clients fell behind, and clients
+        that follow every stream share one frame: megabytes each with
+        thousands of streams, held by every lagged client until sent."""
         if self._pieces is None:
             self._pieces = self._snapshots.pieces()
-        return self._snapshots.frame("lagged", wanted, self._pieces)
+        if not filters.everything:
+            return self._snapshots.frame("lagged", filters.wanted, self._pieces)
+        if self._everything is None:
+            self._everything = self._snapshots.frame("lagged", filters.wanted, self._pieces)
+        return self._everything

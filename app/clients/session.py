@@ -341,7 +341,7 @@ class ClientSession:
             if read is None:  # fell off the end of the shared log
                 self.hub.count("resynced")
                 self.cursor = turn.upto
-                return turn.snapshot(filters.wanted), 0, 1
+                return turn.snapshot(filters), 0, 1
             entries, end = read
             out = self._encode(entries if everything else self._select(entries, end, filters))
             if key is not None:
