@@ -224,7 +224,7 @@ class Config:
     # Bytes queued for a client that has not read them (replies, pongs,
     # snapshots, a turn of updates); past it the client is closed (1008).
     # A snapshot is ~420 bytes a stream: 1.7 MB at MAX_STREAMS=4096.
-    WS_MAX_OUTPUT_BYTES = _int("WS_MAX_OUTPUT_BYTES", 4 * 1024 * 1024)
+    WS_MAX_OUTPUT_BYTES = _int("WS_MAX_OUTPUT_BYTES", 4 * 1024 * 1024, least=64 * 1024)
     # Browsers send Origin on WebSocket upgrades; empty means any origin.
     WS_ALLOWED_ORIGINS = _origins("WS_ALLOWED_ORIGINS")
 
