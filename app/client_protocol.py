@@ -1,5 +1,5 @@
 """What /ws/price clients may say: query parameters and messages, parsed
-and validated into plain values. No I/O here; app/clients.py acts on them.
+and validated into plain values. No I/O here; app/clients/ acts on them.
 Every refusal is a ClientError whose text goes back to the client."""
 import json
 
