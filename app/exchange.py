@@ -20,7 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .storage.errors import retry_after_seconds
+from .retry import retry_after_seconds
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import time
 import websocket
 
 from .candles import InvalidCandle, candle_from_kline_event
-from .storage.errors import retry_after_seconds
+from .retry import retry_after_seconds
 
 log = logging.getLogger(__name__)
 

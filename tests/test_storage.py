@@ -5,7 +5,8 @@ import threading
 import pytest
 
 from app.storage import Point, StorageError
-from app.storage.errors import error_from_http, retry_after_seconds
+from app.retry import MAX_RETRY_AFTER, retry_after_seconds
+from app.storage.errors import error_from_http
 from app.storage.spool import Spool
 from app.storage.sqlite import SqliteStore
 from tests.dbservers import first_update, make_writer, recorded
@@ -134,6 +135,10 @@ def test_error_classification():
     assert not error_from_http(503, b"").permanent
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert retry_after_seconds("soon") is None
+    # a broken or hostile peer cannot stop us for ever
+    assert retry_after_seconds("inf") is None and retry_after_seconds("nan") is None
+    assert retry_after_seconds("1e400") is None
+    assert retry_after_seconds("1e9") == MAX_RETRY_AFTER
 
 
 def test_unwritable_sqlite_is_a_transient_storage_error(tmp_path):

@@ -1,7 +1,6 @@
 """Storage failures, classified once so the writer and `check-db` can tell a
 database that is briefly away from a configuration that can never work."""
-from email.utils import parsedate_to_datetime
-import time
+from ..retry import retry_after_seconds
 
 # kind -> (permanent?, what an operator should look at)
 KINDS = {
@@ -38,20 +37,6 @@ class StorageError(Exception):
     def diagnosis(self) -> str:
         status = f" (HTTP {self.status})" if self.status else ""
         return f"{KINDS[self.kind][1]}{status}: {self.detail}"
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def error_from_http(status: int, body: bytes | str | None, headers=None) -> StorageError:
