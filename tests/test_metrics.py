@@ -55,7 +55,7 @@ def test_metrics_are_prometheus_text_with_every_family(client):
 
 def test_metrics_read_the_components_own_counters(app, client):
     services = app.extensions["services"]
-    services.hub.count("dropped_stuck")
+    services.hub.count("dropped_slow")
     services.hub.frames_sent.add(7)
     services.count_refusal("origin")
     for filled in (True, True, False):

@@ -12,8 +12,9 @@ from .snapshots import Snapshots
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("connected_total", "rejected_full", "rejected_per_ip", "dropped_stuck", "closed_output",
-            "closed_flooding", "closed_bad_input", "resynced", "refused_messages", "resumed", "gaps")
+# As /stats and /metrics name them.
+COUNTERS = ("connected_total", "rejected_full", "rejected_per_ip", "dropped_slow", "closed_output_limit",
+            "closed_flooding", "closed_bad_input", "resynced_lagging", "refused_messages", "resumed", "resume_gaps")
 
 
 class ClientHub(Worker):
@@ -112,7 +113,7 @@ class ClientHub(Worker):
 
     def stats(self) -> dict:
         with self._lock:
-            c = dict(self.counts)
+            counts = dict(self.counts)
             clients, hosts = len(self._sessions), len(self._per_ip)
         return {
             "clients": clients,
@@ -120,17 +121,7 @@ class ClientHub(Worker):
             "max_clients": self.max_clients,
             "max_clients_per_ip": self.max_per_ip,
             "epoch": self.epoch,
-            "connected_total": c["connected_total"],
-            "rejected_full": c["rejected_full"],
-            "rejected_per_ip": c["rejected_per_ip"],
-            "dropped_slow": c["dropped_stuck"],
-            "closed_output_limit": c["closed_output"],
-            "closed_flooding": c["closed_flooding"],
-            "closed_bad_input": c["closed_bad_input"],
-            "resynced_lagging": c["resynced"],
-            "refused_messages": c["refused_messages"],
-            "resumed": c["resumed"],
-            "resume_gaps": c["gaps"],
+            **counts,
             "messages_sent": self.messages_sent.total,
             "messages_sent_per_second": round(self.messages_sent.rate(), 1),
             "frames_sent": self.frames_sent.total,

@@ -143,7 +143,7 @@ class ClientSession:
                 self.output.put(self.hub.snapshots.frame("connect", filters.wanted))
                 return
             plan = resume.plan(self.hub.updates, self.hub.prices, self.hub.epoch, last[1], last[0])
-            self.hub.count("gaps", len(plan.messages))
+            self.hub.count("resume_gaps", len(plan.messages))
             for message in plan.messages:
                 self.output.put(_json_frame(message))
             if plan.restarted:
@@ -160,7 +160,7 @@ class ClientSession:
             self.close(GOING_AWAY, "server shutting down")
             return False
         if self.output.overflowed:
-            self.hub.count("closed_output")
+            self.hub.count("closed_output_limit")
             self.close(POLICY_VIOLATION, f"over {self.hub.max_output} bytes of replies unread; read your messages")
             return False
         if msg is None or self.output.dead or not self.ws.connected:
@@ -298,7 +298,7 @@ class ClientSession:
                 return float("inf")
             if sent is False:
                 if now - out.stalled_since > self.hub.send_timeout:
-                    self.hub.count("dropped_stuck")
+                    self.hub.count("dropped_slow")
                     log.info("dropping a WebSocket client that stopped reading for %.0fs", self.hub.send_timeout)
                     out.abort()
                     return float("inf")
@@ -339,7 +339,7 @@ class ClientSession:
         else:
             read = self.hub.updates.read(self.cursor, READ_LIMIT, turn.upto)
             if read is None:  # fell off the end of the shared log
-                self.hub.count("resynced")
+                self.hub.count("resynced_lagging")
                 self.cursor = turn.upto
                 return turn.snapshot(filters), 0, 1
             entries, end = read
